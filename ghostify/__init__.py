@@ -1,0 +1,12 @@
+"""ghostify: turn the convolutions of any PyTorch CNN into Ghost modules (GhostNet, CVPR 2020)."""
+
+from ghostify.errors import GhostifyError
+from ghostify.fx.rewrite import convert
+from ghostify.layers.ghost import GhostModule
+from ghostify.plan import ConversionPlan, LayerPlan, get_plan
+from ghostify.policy import GhostConfig
+
+__version__ = "0.1.0"
+
+__all__ = ["convert", "GhostConfig", "GhostModule", "GhostifyError", "ConversionPlan", "LayerPlan",
+           "get_plan", "__version__"]

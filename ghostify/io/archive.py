@@ -1,0 +1,214 @@
+"""The ``.ghost`` archive: a converted model that reloads without executing pickled code.
+
+A zip (stored, not compressed) holding
+
+* ``recipe.json``: how to rebuild the architecture: the source model spec (or ``source.pt``),
+  the GhostConfig and init, the input size, the ghostify version, the report totals;
+* ``model.safetensors``: every parameter and buffer of the converted model (no pickle);
+* ``source.pt`` (file sources only): the original model's skeleton, its tensors on the meta
+  device (a few KB), loaded with the same allow-list as any model file.
+
+``load`` rebuilds the source architecture, re-runs the (deterministic) conversion, checks that
+it converted the same layers, and loads the weights. Writes go to a temporary file that is
+renamed into place, so an interrupted save leaves nothing half-written.
+"""
+
+from __future__ import annotations
+
+import copy
+import io
+import json
+import os
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any, Optional, Sequence, Union
+
+import torch
+from torch import nn
+
+from ghostify.errors import GhostifyError
+from ghostify.plan import get_plan
+
+__all__ = ["save", "load", "load_archive", "atomic_write", "check_output_path", "FORMAT"]
+
+FORMAT = "ghostify.archive/1"
+
+
+def check_output_path(out: Union[str, os.PathLike], inputs: Sequence[Union[str, os.PathLike, None]] = (),
+                      force: bool = False) -> Path:
+    """Refuse to overwrite an input, or an existing file without ``force``; the directory must be writable."""
+    out = Path(out)
+    for src in inputs:
+        if src is not None and out.resolve() == Path(src).resolve():
+            raise GhostifyError(f"{out}: is the input file; refusing to overwrite it (choose another --out)")
+    if out.exists() and out.is_dir():
+        raise GhostifyError(f"{out}: is a directory; give a file path")
+    if out.exists() and not force:
+        raise GhostifyError(f"{out}: already exists; pass --force to overwrite it")
+    parent = out.parent if str(out.parent) else Path(".")
+    if not parent.exists():
+        raise GhostifyError(f"{parent}: output directory does not exist")
+    if not os.access(parent, os.W_OK):
+        raise GhostifyError(f"{parent}: output directory is not writable")
+    return out
+
+
+def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str]) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data.encode() if isinstance(data, str) else data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _skeleton(model: nn.Module) -> bytes:
+    """``torch.save`` of the model with parameters and persistent buffers on the meta device."""
+    skel = copy.deepcopy(model)
+    for mod in skel.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None:
+                mod._parameters[name] = nn.Parameter(torch.empty_like(p, device="meta"), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and name not in mod._non_persistent_buffers_set:
+                mod._buffers[name] = torch.empty_like(b, device="meta")
+    buf = io.BytesIO()
+    torch.save(skel, buf)
+    return buf.getvalue()
+
+
+def _materialize(model: nn.Module) -> nn.Module:
+    for mod in model.modules():
+        for name, p in list(mod._parameters.items()):
+            if p is not None and p.is_meta:
+                mod._parameters[name] = nn.Parameter(torch.zeros_like(p, device="cpu"), requires_grad=p.requires_grad)
+        for name, b in list(mod._buffers.items()):
+            if b is not None and b.is_meta:
+                mod._buffers[name] = torch.zeros_like(b, device="cpu")
+    return model
+
+
+def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """state_dict without aliases (safetensors stores each storage once) + the alias map."""
+    tensors: dict[str, torch.Tensor] = {}
+    aliases: dict[str, str] = {}
+    seen: dict[tuple[int, int, tuple[int, ...]], str] = {}
+    for name, t in model.state_dict().items():
+        key = (t.untyped_storage().data_ptr(), t.storage_offset(), tuple(t.shape)) if t.numel() else None
+        if key is not None and key in seen:
+            aliases[name] = seen[key]
+            continue
+        if key is not None:
+            seen[key] = name
+        tensors[name] = t.detach().contiguous().cpu()
+    return tensors, aliases
+
+
+def save(
+    model: nn.Module,
+    path: Union[str, os.PathLike],
+    source: Union[str, nn.Module],
+    input_size: Sequence[int],
+    *,
+    force: bool = False,
+    inputs: Sequence[Union[str, os.PathLike, None]] = (),
+    extra: Optional[dict[str, Any]] = None,
+) -> Path:
+    """Write ``model`` (a ``ghostify.convert`` output) to a ``.ghost`` archive.
+
+    ``source`` is the spec the original came from (``"torchvision:resnet50"``), or the original
+    module itself when it came from a file (its skeleton is stored in the archive).
+    """
+    from safetensors.torch import save as st_save
+
+    from ghostify import __version__
+
+    plan = get_plan(model)
+    if plan is None:
+        raise GhostifyError("ghostify.save expects a model returned by ghostify.convert")
+    out = check_output_path(path, inputs, force)
+    recipe: dict[str, Any] = {
+        "format": FORMAT,
+        "ghostify_version": __version__,
+        "torch_version": torch.__version__,
+        "source": source if isinstance(source, str) else None,
+        "input_size": [int(v) for v in input_size],
+        "config": plan.config,
+        "init": plan.init,
+        "mode": plan.mode,
+        "converted": [layer.name for layer in plan.converted],
+        **(extra or {}),
+    }
+    tensors, aliases = _tensors(model)
+    recipe["aliases"] = aliases
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr("recipe.json", json.dumps(recipe, indent=2))
+        zf.writestr("model.safetensors", st_save(tensors))
+        if not isinstance(source, str):
+            zf.writestr("source.pt", _skeleton(source))
+    return atomic_write(out, buf.getvalue())
+
+
+def load_archive(path: Union[str, os.PathLike], trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild and fill the model in a ``.ghost`` archive; return it (eval mode) and its recipe."""
+    from safetensors.torch import load as st_load
+
+    from ghostify.fx.rewrite import convert
+    from ghostify.io.safe_load import safe_torch_load
+    from ghostify.io.specs import load_model
+    from ghostify.policy import GhostConfig
+
+    path = Path(path)
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist())
+            if "recipe.json" not in names or "model.safetensors" not in names:
+                raise GhostifyError(f"{path}: not a ghostify archive (no recipe.json / model.safetensors)")
+            recipe = json.loads(zf.read("recipe.json"))
+            weights = zf.read("model.safetensors")
+            skeleton = zf.read("source.pt") if "source.pt" in names else None
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as exc:
+        raise GhostifyError(f"{path}: not a readable ghostify archive ({exc})") from None
+    except KeyError as exc:
+        raise GhostifyError(f"{path}: truncated ghostify archive ({exc})") from None
+    if recipe.get("format") != FORMAT:
+        raise GhostifyError(f"{path}: unsupported archive format {recipe.get('format')!r} (expected {FORMAT})")
+    if skeleton is not None:
+        source = _materialize(safe_torch_load(skeleton, trust=trust))
+    elif recipe.get("source"):
+        source = load_model(recipe["source"], input_size=recipe["input_size"], trust=trust).model
+    else:
+        raise GhostifyError(f"{path}: the archive names no source architecture")
+    model = convert(source, config=GhostConfig.from_dict(recipe["config"]), init="random")
+    rebuilt = [layer.name for layer in get_plan(model).converted]
+    if rebuilt != recipe["converted"]:
+        raise GhostifyError(f"{path}: this ghostify version converts the source differently than the one "
+                            f"that wrote the archive ({recipe.get('ghostify_version')}); cannot rebuild it")
+    try:
+        state = st_load(weights)
+    except Exception as exc:
+        raise GhostifyError(f"{path}: corrupt weights in the archive ({exc})") from None
+    for alias, target in recipe.get("aliases", {}).items():
+        state[alias] = state[target]
+    try:
+        model.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise GhostifyError(f"{path}: weights do not fit the rebuilt model: {str(exc).splitlines()[0]}") from None
+    get_plan(model).init = recipe.get("init", "random")
+    model.eval()
+    return model, recipe
+
+
+def load(path: Union[str, os.PathLike], trust: bool = False) -> nn.Module:
+    """Load a ``.ghost`` archive written by ``ghostify.save`` / ``ghostify convert`` (no pickled code runs)."""
+    return load_archive(path, trust=trust)[0]

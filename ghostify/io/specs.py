@@ -1,0 +1,202 @@
+"""Model specs: the strings that name a model wherever ghostify accepts one.
+
+* ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None)``
+* ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)`` (input size from its config)
+* ``ghostify:NAME``: ``ghostify.models.create(NAME)`` (GhostNet, the CIFAR baselines)
+* ``package.module:factory``: imports the module and calls ``factory()`` (your own code)
+* a file: ``.pt``/``.pth`` (a whole pickled module, loaded safely; or a state_dict with
+  ``arch=SPEC``), ``.pt2`` (torch.export archive, no pickle), ``.ghost`` (a ghostify archive)
+
+No weights are downloaded: models built from names start from their random init.
+"""
+
+from __future__ import annotations
+
+import difflib
+import importlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional, Sequence
+
+import torch
+from torch import nn
+
+from ghostify.errors import GhostifyError
+from ghostify.io.safe_load import safe_torch_load
+
+__all__ = ["LoadedModel", "load_model", "parse_input_size", "DEFAULT_INPUT_SIZE", "FILE_SUFFIXES"]
+
+DEFAULT_INPUT_SIZE = (3, 224, 224)
+FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ghost", ".bin", ".ckpt")
+
+
+@dataclass
+class LoadedModel:
+    """A model and what we know about where it came from."""
+
+    model: nn.Module
+    spec: str  # the spec as given
+    kind: str  # torchvision | timm | ghostify | factory | file-module | file-state-dict | file-export | archive
+    input_size: tuple[int, int, int]
+    input_size_source: str  # "flag" | "model config" | "archive" | "default"
+    path: Optional[Path] = None  # set for file specs
+    arch: Optional[str] = None  # the --arch spec used for a state_dict
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_input_size(text: str | Sequence[int] | None) -> Optional[tuple[int, int, int]]:
+    """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224)."""
+    if text is None:
+        return None
+    if isinstance(text, str):
+        parts = [p for p in text.replace("x", ",").replace("×", ",").split(",") if p.strip()]
+        try:
+            values = [int(p) for p in parts]
+        except ValueError:
+            raise GhostifyError(f"--input-size must be C,H,W integers (e.g. 3,224,224), got {text!r}") from None
+    else:
+        values = [int(v) for v in text]
+    if len(values) != 3 or min(values) < 1:
+        raise GhostifyError(f"--input-size must be three positive integers C,H,W, got {text!r}")
+    return values[0], values[1], values[2]
+
+
+def _suggest(name: str, choices: Sequence[str]) -> str:
+    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(close)}?" if close else ""
+
+
+def _torchvision(name: str) -> nn.Module:
+    import torchvision
+
+    available = torchvision.models.list_models()
+    if name not in available:
+        raise GhostifyError(f"unknown torchvision model {name!r}{_suggest(name, available)}")
+    return torchvision.models.get_model(name, weights=None)
+
+
+def _timm(name: str) -> nn.Module:
+    import timm
+
+    if not timm.is_model(name):
+        raise GhostifyError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())}")
+    return timm.create_model(name, pretrained=False)
+
+
+def _ghostify(name: str) -> nn.Module:
+    from ghostify import models
+
+    if name not in models.list_models():
+        raise GhostifyError(f"unknown ghostify model {name!r}{_suggest(name, models.list_models())}")
+    return models.create(name)
+
+
+def _factory(spec: str) -> nn.Module:
+    module_name, _, attr = spec.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise GhostifyError(f"cannot import {module_name!r} for model spec {spec!r}: {exc}") from None
+    factory = getattr(module, attr, None)
+    if factory is None:
+        raise GhostifyError(f"module {module_name!r} has no attribute {attr!r}")
+    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    if not isinstance(model, nn.Module):
+        raise GhostifyError(f"{spec!r} did not give a torch.nn.Module (got {type(model).__name__})")
+    return model
+
+
+def _config_input_size(model: nn.Module) -> Optional[tuple[int, int, int]]:
+    cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
+    if isinstance(cfg, dict) and cfg.get("input_size") and len(cfg["input_size"]) == 3:
+        return tuple(int(v) for v in cfg["input_size"])  # type: ignore[return-value]
+    return None
+
+
+def _looks_like_file(spec: str) -> bool:
+    return (os.sep in spec or spec.endswith(FILE_SUFFIXES) or os.path.exists(spec)) and not spec.startswith(
+        ("torchvision:", "timm:", "ghostify:"))
+
+
+def _load_file(path: Path, arch: Optional[str], trust: bool) -> tuple[nn.Module, str, dict[str, Any]]:
+    if not path.exists():
+        raise GhostifyError(f"{path}: no such file")
+    if path.is_dir():
+        raise GhostifyError(f"{path}: is a directory, expected a model file")
+    if not os.access(path, os.R_OK):
+        raise GhostifyError(f"{path}: permission denied")
+    if path.suffix == ".ghost":
+        from ghostify.io.archive import load_archive
+
+        model, recipe = load_archive(path, trust=trust)
+        return model, "archive", {"recipe": recipe}
+    if path.suffix == ".pt2":
+        try:
+            program = torch.export.load(str(path))
+        except Exception as exc:
+            raise GhostifyError(f"{path}: not a readable torch.export archive ({_first(exc)})") from exc
+        return program.module(), "file-export", {}
+    obj = safe_torch_load(path, trust=trust)
+    if isinstance(obj, nn.Module):
+        return obj, "file-module", {}
+    state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else None
+    if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
+        if arch is None:
+            raise GhostifyError(f"{path}: holds a state_dict, not a model; name its architecture with "
+                                "--arch SPEC (e.g. --arch torchvision:resnet50)")
+        model = load_model(arch).model
+        try:
+            model.load_state_dict(state)
+        except RuntimeError as exc:
+            raise GhostifyError(f"{path}: does not fit --arch {arch}: {_first(exc)}") from None
+        return model, "file-state-dict", {}
+    raise GhostifyError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
+
+
+def _first(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
+
+
+def load_model(
+    spec: str,
+    input_size: str | Sequence[int] | None = None,
+    arch: Optional[str] = None,
+    trust: bool = False,
+) -> LoadedModel:
+    """Build or load the model ``spec`` names (see the module docstring), in eval mode."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise GhostifyError("empty model spec: give torchvision:NAME, timm:NAME, ghostify:NAME, "
+                            "package.module:factory or a model file")
+    spec = spec.strip()
+    path: Optional[Path] = None
+    meta: dict[str, Any] = {}
+    if _looks_like_file(spec):
+        path = Path(spec)
+        model, kind, meta = _load_file(path, arch, trust)
+    else:
+        prefix, sep, name = spec.partition(":")
+        if not sep or not name:
+            raise GhostifyError(f"cannot read model spec {spec!r}: use torchvision:NAME, timm:NAME, "
+                                "ghostify:NAME, package.module:factory or a path to a model file")
+        if prefix == "torchvision":
+            model, kind = _torchvision(name), "torchvision"
+        elif prefix == "timm":
+            model, kind = _timm(name), "timm"
+        elif prefix == "ghostify":
+            model, kind = _ghostify(name), "ghostify"
+        else:
+            model, kind = _factory(spec), "factory"
+    size = parse_input_size(input_size)
+    source = "flag"
+    if size is None and "recipe" in meta:
+        size, source = tuple(meta["recipe"]["input_size"]), "archive"
+    if size is None:
+        size = _config_input_size(model)
+        source = "model config"
+    if size is None:
+        size, source = DEFAULT_INPUT_SIZE, "default"
+    model.eval()
+    return LoadedModel(model=model, spec=spec, kind=kind, input_size=size, input_size_source=source,
+                       path=path, arch=arch, meta=meta)

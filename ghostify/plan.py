@@ -1,0 +1,69 @@
+"""What a conversion did, layer by layer: plain data, attached to the converted model.
+
+``ghostify.convert`` stores a :class:`ConversionPlan` as ``model.ghostify_plan``; the report,
+the archive format and the transfer init read it instead of re-deriving decisions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any, Optional
+
+__all__ = ["LayerPlan", "ConversionPlan", "PLAN_ATTR", "get_plan"]
+
+PLAN_ATTR = "ghostify_plan"
+
+
+@dataclass
+class LayerPlan:
+    """One convolution of the original model and what became of it."""
+
+    name: str  # qualified name in the original model (the Ghost module keeps it)
+    type: str  # class name of the original convolution
+    in_channels: int  # the paper's c
+    out_channels: int  # the paper's n
+    kernel_size: tuple[int, int]  # the paper's k x k
+    stride: tuple[int, int]
+    groups: int
+    converted: bool
+    s: int
+    d: int
+    reason: Optional[str] = None  # why it was left alone (None when converted)
+    form: Optional[str] = None  # "paper" (norm/act inside) or "linear" (bare conv or conv->norm)
+    fused: list[str] = field(default_factory=list)  # names of the norm/act folded in
+    note: Optional[str] = None  # a caveat on a converted layer (e.g. "called twice: not fused")
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["kernel_size"] = list(self.kernel_size)
+        data["stride"] = list(self.stride)
+        return data
+
+
+@dataclass
+class ConversionPlan:
+    """The whole conversion: settings, the mode the graph was rewritten in, every convolution."""
+
+    config: dict[str, Any]
+    mode: str  # "fx" (graph rewrite) or "module-swap" (tracing failed; modules swapped in place)
+    layers: list[LayerPlan] = field(default_factory=list)
+    lost_optimizations: list[str] = field(default_factory=list)
+    init: str = "random"
+
+    @property
+    def converted(self) -> list[LayerPlan]:
+        return [layer for layer in self.layers if layer.converted]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "config": self.config,
+            "mode": self.mode,
+            "init": self.init,
+            "lost_optimizations": list(self.lost_optimizations),
+            "layers": [layer.to_dict() for layer in self.layers],
+        }
+
+
+def get_plan(model: Any) -> Optional[ConversionPlan]:
+    """The plan ``ghostify.convert`` attached to ``model``, or None for an unconverted model."""
+    return getattr(model, PLAN_ATTR, None)
