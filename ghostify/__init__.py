@@ -2,11 +2,13 @@
 
 from ghostify.errors import GhostifyError
 from ghostify.fx.rewrite import convert
+from ghostify.io.archive import load, save
+from ghostify.io.specs import load_model
 from ghostify.layers.ghost import GhostModule
 from ghostify.plan import ConversionPlan, LayerPlan, get_plan
 from ghostify.policy import GhostConfig
 
 __version__ = "0.1.0"
 
-__all__ = ["convert", "GhostConfig", "GhostModule", "GhostifyError", "ConversionPlan", "LayerPlan",
-           "get_plan", "__version__"]
+__all__ = ["convert", "load", "save", "load_model", "GhostConfig", "GhostModule", "GhostifyError",
+           "ConversionPlan", "LayerPlan", "get_plan", "__version__"]

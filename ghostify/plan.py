@@ -7,7 +7,7 @@ the archive format and the transfer init read it instead of re-deriving decision
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 __all__ = ["LayerPlan", "ConversionPlan", "PLAN_ATTR", "get_plan"]
 
@@ -28,10 +28,10 @@ class LayerPlan:
     converted: bool
     s: int
     d: int
-    reason: Optional[str] = None  # why it was left alone (None when converted)
-    form: Optional[str] = None  # "paper" (norm/act inside) or "linear" (bare conv or conv->norm)
+    reason: str | None = None  # why it was left alone (None when converted)
+    form: str | None = None  # "paper" (norm/act inside) or "linear" (bare conv or conv->norm)
     fused: list[str] = field(default_factory=list)  # names of the norm/act folded in
-    note: Optional[str] = None  # a caveat on a converted layer (e.g. "called twice: not fused")
+    note: str | None = None  # a caveat on a converted layer (e.g. "called twice: not fused")
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -64,6 +64,6 @@ class ConversionPlan:
         }
 
 
-def get_plan(model: Any) -> Optional[ConversionPlan]:
+def get_plan(model: Any) -> ConversionPlan | None:
     """The plan ``ghostify.convert`` attached to ``model``, or None for an unconverted model."""
     return getattr(model, PLAN_ATTR, None)

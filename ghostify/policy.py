@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 from dataclasses import asdict, dataclass, field
-from typing import Any, Optional
+from typing import Any
 
 from ghostify.errors import GhostifyError
 from ghostify.layers.ghost import intrinsic_channels, validate_ratio_and_kernel
@@ -39,7 +39,7 @@ class LayerDecision:
     convert: bool
     s: int
     d: int
-    reason: Optional[str] = None
+    reason: str | None = None
 
 
 @dataclass
@@ -78,11 +78,11 @@ class GhostConfig:
             validate_ratio_and_kernel(setting.get("s", self.s), setting.get("d", self.d))
 
     # -- QConfigMapping-style builders -------------------------------------------------------
-    def set_global(self, s: int, d: int) -> "GhostConfig":
+    def set_global(self, s: int, d: int) -> GhostConfig:
         self.s, self.d = validate_ratio_and_kernel(s, d)
         return self
 
-    def set_module_name(self, glob: str, s: Optional[int] = None, d: Optional[int] = None) -> "GhostConfig":
+    def set_module_name(self, glob: str, s: int | None = None, d: int | None = None) -> GhostConfig:
         """Override s and/or d for convolutions whose qualified name matches ``glob``."""
         setting = {k: v for k, v in (("s", s), ("d", d)) if v is not None}
         validate_ratio_and_kernel(setting.get("s", self.s), setting.get("d", self.d))
@@ -93,7 +93,7 @@ class GhostConfig:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> "GhostConfig":
+    def from_dict(cls, data: dict[str, Any]) -> GhostConfig:
         known = {f for f in cls.__dataclass_fields__}
         unknown = set(data) - known
         if unknown:

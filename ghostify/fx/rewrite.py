@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import copy
 import sys
-from typing import Any, Callable, Iterable, Optional
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,7 +61,7 @@ def _timm_act_modules() -> tuple[type, ...]:
     return tuple(getattr(a, n) for n in names if hasattr(a, n))
 
 
-def _functional_act(fn: Callable[..., Any], args: tuple, kwargs: dict) -> Optional[nn.Module]:
+def _functional_act(fn: Callable[..., Any], args: tuple, kwargs: dict) -> nn.Module | None:
     """An activation module equivalent to a functional call (args beyond the input only)."""
     kw = dict(kwargs)
     kw.pop("inplace", None)
@@ -101,7 +102,7 @@ _METHOD_ACTS: dict[str, Callable[[], nn.Module]] = {
 
 
 def _activation_of(node: fx.Node, src: fx.Node, modules: dict[str, nn.Module],
-                   act_types: tuple[type, ...]) -> Optional[tuple[nn.Module, str]]:
+                   act_types: tuple[type, ...]) -> tuple[nn.Module, str] | None:
     """If ``node`` applies an elementwise activation to ``src`` alone, that activation as a module."""
     if not node.args or node.args[0] is not src:
         return None
@@ -128,7 +129,7 @@ def _set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:
 
 
 def _layer_plan(name: str, conv: nn.Conv2d, decision_convert: bool, s: int, d: int,
-                reason: Optional[str]) -> LayerPlan:
+                reason: str | None) -> LayerPlan:
     return LayerPlan(
         name=name, type=type(conv).__name__, in_channels=conv.in_channels,
         out_channels=conv.out_channels, kernel_size=tuple(conv.kernel_size), stride=tuple(conv.stride),
@@ -295,12 +296,12 @@ def _reset(ghost: GhostModule) -> None:
 
 def convert(
     model: nn.Module,
-    s: Optional[int] = None,
-    d: Optional[int] = None,
-    config: Optional[GhostConfig] = None,
+    s: int | None = None,
+    d: int | None = None,
+    config: GhostConfig | None = None,
     *,
-    include: Optional[Iterable[str]] = None,
-    exclude: Optional[Iterable[str]] = None,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
     init: str = "random",
     calibration_data: Any = None,
     strict: bool = False,

@@ -7,7 +7,8 @@ appears as a single ``call_module`` node the rewrite can see and replace.
 from __future__ import annotations
 
 import sys
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from torch import fx, nn
 

@@ -21,8 +21,9 @@ import json
 import os
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Optional, Sequence, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -35,7 +36,7 @@ __all__ = ["save", "load", "load_archive", "atomic_write", "check_output_path", 
 FORMAT = "ghostify.archive/1"
 
 
-def check_output_path(out: Union[str, os.PathLike], inputs: Sequence[Union[str, os.PathLike, None]] = (),
+def check_output_path(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (),
                       force: bool = False) -> Path:
     """Refuse to overwrite an input, or an existing file without ``force``; the directory must be writable."""
     out = Path(out)
@@ -54,7 +55,7 @@ def check_output_path(out: Union[str, os.PathLike], inputs: Sequence[Union[str, 
     return out
 
 
-def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str]) -> Path:
+def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
@@ -63,6 +64,9 @@ def atomic_write(path: Union[str, os.PathLike], data: Union[bytes, str]) -> Path
             fh.write(data.encode() if isinstance(data, str) else data)
             fh.flush()
             os.fsync(fh.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -115,13 +119,13 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]
 
 def save(
     model: nn.Module,
-    path: Union[str, os.PathLike],
-    source: Union[str, nn.Module],
+    path: str | os.PathLike,
+    source: str | nn.Module,
     input_size: Sequence[int],
     *,
     force: bool = False,
-    inputs: Sequence[Union[str, os.PathLike, None]] = (),
-    extra: Optional[dict[str, Any]] = None,
+    inputs: Sequence[str | os.PathLike | None] = (),
+    extra: dict[str, Any] | None = None,
 ) -> Path:
     """Write ``model`` (a ``ghostify.convert`` output) to a ``.ghost`` archive.
 
@@ -159,7 +163,7 @@ def save(
     return atomic_write(out, buf.getvalue())
 
 
-def load_archive(path: Union[str, os.PathLike], trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
+def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild and fill the model in a ``.ghost`` archive; return it (eval mode) and its recipe."""
     from safetensors.torch import load as st_load
 
@@ -209,6 +213,6 @@ def load_archive(path: Union[str, os.PathLike], trust: bool = False) -> tuple[nn
     return model, recipe
 
 
-def load(path: Union[str, os.PathLike], trust: bool = False) -> nn.Module:
+def load(path: str | os.PathLike, trust: bool = False) -> nn.Module:
     """Load a ``.ghost`` archive written by ``ghostify.save`` / ``ghostify convert`` (no pickled code runs)."""
     return load_archive(path, trust=trust)[0]

@@ -15,7 +15,7 @@ import io
 import os
 import zipfile
 from pathlib import Path
-from typing import Any, Union
+from typing import Any
 
 import torch
 from torch import nn
@@ -83,7 +83,7 @@ def is_torchscript_archive(data: bytes) -> bool:
     return any("/code/" in n or n.endswith("constants.pkl") for n in names)
 
 
-def safe_torch_load(source: Union[str, os.PathLike, bytes], trust: bool = False) -> Any:
+def safe_torch_load(source: str | os.PathLike | bytes, trust: bool = False) -> Any:
     """``torch.load`` that refuses to run code unless ``trust`` (see the module docstring)."""
     if isinstance(source, (bytes, bytearray)):
         data = bytes(source)

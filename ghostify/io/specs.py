@@ -15,9 +15,10 @@ from __future__ import annotations
 import difflib
 import importlib
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -40,12 +41,12 @@ class LoadedModel:
     kind: str  # torchvision | timm | ghostify | factory | file-module | file-state-dict | file-export | archive
     input_size: tuple[int, int, int]
     input_size_source: str  # "flag" | "model config" | "archive" | "default"
-    path: Optional[Path] = None  # set for file specs
-    arch: Optional[str] = None  # the --arch spec used for a state_dict
+    path: Path | None = None  # set for file specs
+    arch: str | None = None  # the --arch spec used for a state_dict
     meta: dict[str, Any] = field(default_factory=dict)
 
 
-def parse_input_size(text: str | Sequence[int] | None) -> Optional[tuple[int, int, int]]:
+def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
     """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224)."""
     if text is None:
         return None
@@ -107,7 +108,7 @@ def _factory(spec: str) -> nn.Module:
     return model
 
 
-def _config_input_size(model: nn.Module) -> Optional[tuple[int, int, int]]:
+def _config_input_size(model: nn.Module) -> tuple[int, int, int] | None:
     cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None)
     if isinstance(cfg, dict) and cfg.get("input_size") and len(cfg["input_size"]) == 3:
         return tuple(int(v) for v in cfg["input_size"])  # type: ignore[return-value]
@@ -119,7 +120,7 @@ def _looks_like_file(spec: str) -> bool:
         ("torchvision:", "timm:", "ghostify:"))
 
 
-def _load_file(path: Path, arch: Optional[str], trust: bool) -> tuple[nn.Module, str, dict[str, Any]]:
+def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, str, dict[str, Any]]:
     if not path.exists():
         raise GhostifyError(f"{path}: no such file")
     if path.is_dir():
@@ -162,7 +163,7 @@ def _first(exc: BaseException) -> str:
 def load_model(
     spec: str,
     input_size: str | Sequence[int] | None = None,
-    arch: Optional[str] = None,
+    arch: str | None = None,
     trust: bool = False,
 ) -> LoadedModel:
     """Build or load the model ``spec`` names (see the module docstring), in eval mode."""
@@ -170,7 +171,7 @@ def load_model(
         raise GhostifyError("empty model spec: give torchvision:NAME, timm:NAME, ghostify:NAME, "
                             "package.module:factory or a model file")
     spec = spec.strip()
-    path: Optional[Path] = None
+    path: Path | None = None
     meta: dict[str, Any] = {}
     if _looks_like_file(spec):
         path = Path(spec)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import copy
 import math
-from typing import Callable, Optional
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -102,14 +102,14 @@ def _split_norm(norm: nn.BatchNorm2d, start: int, count: int) -> nn.BatchNorm2d:
     return new
 
 
-def _device_of(module: nn.Module) -> Optional[torch.device]:
+def _device_of(module: nn.Module) -> torch.device | None:
     t = next(module.parameters(), None)
     if t is None:
         t = next(module.buffers(), None)
     return None if t is None else t.device
 
 
-def _dtype_of(module: nn.Module) -> Optional[torch.dtype]:
+def _dtype_of(module: nn.Module) -> torch.dtype | None:
     t = next(module.parameters(), None)
     return None if t is None else t.dtype
 
@@ -141,11 +141,11 @@ class GhostModule(nn.Module):
         bias: bool = False,
         ratio: int = 2,
         dw_size: int = 3,
-        norm_layer: Optional[Callable[[int], nn.Module]] = nn.BatchNorm2d,
-        act_layer: Optional[Callable[[], nn.Module]] = nn.ReLU,
+        norm_layer: Callable[[int], nn.Module] | None = nn.BatchNorm2d,
+        act_layer: Callable[[], nn.Module] | None = nn.ReLU,
         padding_mode: str = "zeros",
-        device: Optional[torch.device] = None,
-        dtype: Optional[torch.dtype] = None,
+        device: torch.device | None = None,
+        dtype: torch.dtype | None = None,
     ) -> None:
         s, d = validate_ratio_and_kernel(ratio, dw_size)
         if padding is None:  # "same" for odd kernels, as the official code's k // 2
@@ -170,8 +170,8 @@ class GhostModule(nn.Module):
         if dd["device"] is not None or dd["dtype"] is not None:
             self.to(**{k: v for k, v in dd.items() if v is not None})
 
-    def _build(self, primary: nn.Module, norm_primary: Optional[nn.Module], act_primary: Optional[nn.Module],
-               cheap: Optional[nn.Module], norm_cheap: Optional[nn.Module], act_cheap: Optional[nn.Module],
+    def _build(self, primary: nn.Module, norm_primary: nn.Module | None, act_primary: nn.Module | None,
+               cheap: nn.Module | None, norm_cheap: nn.Module | None, act_cheap: nn.Module | None,
                out_channels: int, s: int, d: int) -> None:
         self.s = s
         self.d = d
@@ -199,9 +199,9 @@ class GhostModule(nn.Module):
         conv: nn.Conv2d,
         s: int = 2,
         d: int = 3,
-        norm: Optional[nn.BatchNorm2d] = None,
-        act: Optional[nn.Module] = None,
-    ) -> "GhostModule":
+        norm: nn.BatchNorm2d | None = None,
+        act: nn.Module | None = None,
+    ) -> GhostModule:
         """Build the Ghost module that replaces ``conv`` (followed by ``norm`` and ``act``, if given).
 
         The primary convolution is a copy of ``conv`` (same class, so ``Conv2dSame`` or a

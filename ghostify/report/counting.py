@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, field
-from typing import Optional
 
 import torch
 from torch import nn
@@ -114,7 +113,7 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> MacCount:
         model.train(was_training)
 
 
-def count_params(model: nn.Module, prefix: Optional[str] = None) -> int:
+def count_params(model: nn.Module, prefix: str | None = None) -> int:
     """Number of parameters (shared ones once), of the whole model or of submodule ``prefix``."""
     mod = model if not prefix else model.get_submodule(prefix)
     return sum(p.numel() for p in mod.parameters())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 from rich.console import Console
 from rich.table import Table
 
@@ -25,7 +23,7 @@ def _short(n: float) -> str:
     return human(n, digits=1).replace(" ", "")
 
 
-def render_report(report: Report, console: Optional[Console] = None, layers: bool = True) -> None:
+def render_report(report: Report, console: Console | None = None, layers: bool = True) -> None:
     console = console or Console()
     if layers:
         table = Table(title=f"ghostify: {report.model}  input {'x'.join(map(str, report.input_size))}",

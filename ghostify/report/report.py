@@ -7,8 +7,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Optional, Sequence
+from typing import Any
 
 import torch
 from torch import nn
@@ -32,24 +33,24 @@ class LayerRow:
     name: str
     type: str
     converted: bool
-    reason: Optional[str]
+    reason: str | None
     c: int
     n: int
     k: list[int]
     stride: list[int]
     groups: int
-    out_hw: Optional[list[int]]
-    s: Optional[int]
-    d: Optional[int]
-    r_s: Optional[float]  # Eq. 4, exact
-    r_c: Optional[float]  # Eq. 5, exact
+    out_hw: list[int] | None
+    s: int | None
+    d: int | None
+    r_s: float | None  # Eq. 4, exact
+    r_c: float | None  # Eq. 5, exact
     macs_before: int
     macs_after: int
     params_before: int
     params_after: int
-    form: Optional[str] = None
+    form: str | None = None
     fused: list[str] = field(default_factory=list)
-    note: Optional[str] = None
+    note: str | None = None
 
 
 @dataclass
@@ -204,5 +205,5 @@ def _is_module(model: nn.Module, name: str) -> bool:
         return False
 
 
-def _round(v: Optional[float]) -> Optional[float]:
+def _round(v: float | None) -> float | None:
     return None if v is None else round(float(v), 4)

@@ -1,0 +1,88 @@
+"""The typer app and the one place that turns errors into exit codes.
+
+Exit codes: 0 success; 1 a gate or parity check failed (``check``, ``export``); 2 bad input
+(one line on stderr, no traceback unless ``--debug``); 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+import click
+import typer
+from rich.console import Console
+
+from ghostify.errors import GhostifyError
+
+app = typer.Typer(
+    name="ghostify",
+    help="Turn the convolutions of a PyTorch CNN into Ghost modules (GhostNet, CVPR 2020).",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+    rich_markup_mode="rich",
+)
+
+# Tables and figures go to stdout; progress and errors to stderr, so `--json -` style piping works.
+console = Console()
+err_console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ghostify import __version__
+
+        console.print(f"ghostify {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    version: bool | None = typer.Option(None, "--version", callback=_version, is_eager=True,
+                                           help="Print the version and exit."),
+) -> None:
+    """ghostify: convert, analyze, export, benchmark and gate Ghost models."""
+
+
+def error(message: str) -> None:
+    """One line on stderr."""
+    sys.stderr.write(f"ghostify: error: {message}\n")
+    sys.stderr.flush()
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console-script entry point; returns the exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    args = [a for a in args if a != "--debug"]
+    try:
+        result = app(args=args, prog_name="ghostify", standalone_mode=False)
+        return result if isinstance(result, int) else 0
+    except GhostifyError as exc:
+        if debug:
+            raise
+        error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+        return exc.exit_code
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.exceptions.Abort:
+        error("aborted")
+        return 130
+    except click.ClickException as exc:
+        if debug:
+            raise
+        ctx = getattr(exc, "ctx", None)
+        where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
+        error(exc.format_message().replace("\n", " ") + where)
+        return 2
+    except KeyboardInterrupt:
+        error("interrupted; nothing was written")
+        return 130
+    except Exception as exc:  # a bug in ghostify or in the user's model code
+        if debug:
+            raise
+        text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+        error(f"unexpected {type(exc).__name__}: {text[:300]} (rerun with --debug for the traceback)")
+        return 1

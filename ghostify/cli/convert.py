@@ -1,0 +1,202 @@
+"""``ghostify convert`` and ``ghostify analyze``: parse, call the library, render."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ghostify.cli.app import app, console, err_console
+from ghostify.errors import GhostifyError, NothingToConvertError
+from ghostify.policy import GhostConfig
+
+S_OPT = typer.Option(2, "--s", "-s", help="Ratio s: 1/s of each layer's maps are intrinsic (paper: 2).")
+D_OPT = typer.Option(3, "--d", "-d", help="Cheap kernel d: depthwise d×d (odd; paper: 3).")
+INCLUDE_OPT = typer.Option(None, "--include", help="Convert only convolutions whose name matches GLOB (repeatable).")
+EXCLUDE_OPT = typer.Option(None, "--exclude", help="Never convert convolutions matching GLOB (repeatable).")
+SIZE_OPT = typer.Option(None, "--input-size", help="C,H,W (default: the model's config, else 3,224,224).")
+ARCH_OPT = typer.Option(None, "--arch", help="Architecture SPEC for a state_dict file.")
+TRUST_OPT = typer.Option(False, "--trust", help="Unpickle arbitrary classes from the model file (runs its code).")
+STEM_OPT = typer.Option(False, "--convert-stem", help="Also convert the stem convolution.")
+DW_OPT = typer.Option(False, "--convert-depthwise", help="Also convert depthwise convolutions.")
+FUSE_OPT = typer.Option(True, "--fuse/--no-fuse", help="Fold conv→BN→act chains into paper-form Ghost modules.")
+TARGET_OPT = typer.Option("cpu", "--target", help="Deployment target: cpu or gpu (the report warns for gpu).")
+
+
+def build_config(s: int, d: int, include: list[str] | None, exclude: list[str] | None,
+                 convert_stem: bool = False, convert_depthwise: bool = False, fuse: bool = True) -> GhostConfig:
+    return GhostConfig(s=s, d=d, include=include or ["*"], exclude=exclude or [],
+                       keep_stem=not convert_stem, keep_depthwise=not convert_depthwise, fuse=fuse)
+
+
+def _check_target(target: str) -> str:
+    target = target.lower()
+    if target not in ("cpu", "gpu", "cuda"):
+        raise GhostifyError(f"--target must be cpu or gpu, got {target!r}")
+    return "gpu" if target == "cuda" else target
+
+
+def default_output(spec: str, path: Path | None, s: int, d: int) -> Path:
+    """Next to the input file, or in the working directory for a named model."""
+    if path is not None:
+        return path.with_name(f"{path.stem}.ghost-s{s}d{d}.ghost")
+    name = re.sub(r"[^A-Za-z0-9_.-]+", "_", spec.split(":")[-1]).strip("_") or "model"
+    return Path(f"{name}.ghost-s{s}d{d}.ghost")
+
+
+@app.command()
+def convert(
+    spec: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, ghostify:NAME, pkg.module:factory or a file."),
+    s: int = S_OPT,
+    d: int = D_OPT,
+    out: Path | None = typer.Option(None, "--out", "-o", help="Output .ghost archive (default: next to the input)."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write the report as JSON."),
+    include: list[str] | None = INCLUDE_OPT,
+    exclude: list[str] | None = EXCLUDE_OPT,
+    input_size: str | None = SIZE_OPT,
+    arch: str | None = ARCH_OPT,
+    trust: bool = TRUST_OPT,
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs (never the input)."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 2 when nothing converts."),
+    convert_stem: bool = STEM_OPT,
+    convert_depthwise: bool = DW_OPT,
+    fuse: bool = FUSE_OPT,
+    target: str = TARGET_OPT,
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="Print the per-layer table."),
+) -> None:
+    """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
+    import ghostify
+    from ghostify.io.archive import check_output_path, save
+    from ghostify.io.specs import load_model
+    from ghostify.report.render import render_report
+    from ghostify.report.report import build_report, check_forward
+
+    target = _check_target(target)
+    config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
+    with err_console.status(f"loading {spec}"):
+        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
+    out = out or default_output(spec, loaded.path, s, d)
+    inputs = [loaded.path]
+    check_output_path(out, inputs, force)
+    if json_path is not None and str(json_path) != "-":
+        check_output_path(json_path, inputs + [out], force)
+    with err_console.status(f"converting {spec} (s={s}, d={d})"):
+        ghost = ghostify.convert(loaded.model, config=config, strict=False)
+    plan = ghostify.get_plan(ghost)
+    if not plan.converted:
+        message = "no convolution was converted (see the reasons above); no output written"
+        if strict:
+            raise NothingToConvertError(message)
+    with err_console.status("measuring MACs and parameters"):
+        report = build_report(loaded.model, ghost, loaded.input_size, spec, target)
+        y0, y1 = check_forward(loaded.model, loaded.input_size), check_forward(ghost, loaded.input_size)
+    if tuple(y0.shape) != tuple(y1.shape):  # the rewrite must never change what the model returns
+        raise RuntimeError(f"converted model output {tuple(y1.shape)} differs from the original {tuple(y0.shape)}")
+    render_report(report, console, layers=layers)
+    if not plan.converted:
+        err_console.print(f"[yellow]warning:[/] {message}")
+        return
+    source = loaded.spec if loaded.path is None else loaded.model
+    with err_console.status(f"writing {out}"):
+        save(ghost, out, source, loaded.input_size, force=force, inputs=inputs,
+             extra={"totals": report.totals, "output_shape": list(y1.shape)})
+    if json_path is not None:
+        _write_json(json_path, report.to_json())
+    console.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
+                  + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
+
+
+def _write_json(path: Path, text: str) -> None:
+    from ghostify.io.archive import atomic_write
+
+    if str(path) == "-":
+        console.print_json(text)
+    else:
+        atomic_write(path, text + "\n")
+
+
+def _int_list(text: str | None, flag: str) -> list[int]:
+    if not text:
+        return []
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise GhostifyError(f"{flag} must be comma-separated integers (e.g. 2,3,4,5), got {text!r}") from None
+
+
+@app.command()
+def analyze(
+    spec: str = typer.Argument(..., help="Model spec (see `ghostify convert --help`)."),
+    s: int = S_OPT,
+    d: int = D_OPT,
+    include: list[str] | None = INCLUDE_OPT,
+    exclude: list[str] | None = EXCLUDE_OPT,
+    input_size: str | None = SIZE_OPT,
+    arch: str | None = ARCH_OPT,
+    trust: bool = TRUST_OPT,
+    convert_stem: bool = STEM_OPT,
+    convert_depthwise: bool = DW_OPT,
+    fuse: bool = FUSE_OPT,
+    target: str = TARGET_OPT,
+    sweep_s: str | None = typer.Option(None, "--sweep-s", help="Table 4-style sweep over s, e.g. 2,3,4,5."),
+    sweep_d: str | None = typer.Option(None, "--sweep-d", help="Table 3-style sweep over d, e.g. 1,3,5,7."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the report (or sweep) as JSON."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
+    layers: bool = typer.Option(True, "--layers/--no-layers", help="Print the per-layer table."),
+) -> None:
+    """Dry run: the per-layer report (or an s/d sweep) without writing a model."""
+    import json
+
+    import ghostify
+    from ghostify.io.archive import check_output_path
+    from ghostify.io.specs import load_model
+    from ghostify.report.counting import count_macs, count_params
+    from ghostify.report.render import human, render_report
+    from ghostify.report.report import build_report, example_input
+
+    target = _check_target(target)
+    ss, ds = _int_list(sweep_s, "--sweep-s"), _int_list(sweep_d, "--sweep-d")
+    config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
+    if json_path is not None and str(json_path) != "-":
+        check_output_path(json_path, [], force)
+    with err_console.status(f"loading {spec}"):
+        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
+    if not ss and not ds:
+        with err_console.status(f"analyzing {spec} (s={s}, d={d})"):
+            ghost = ghostify.convert(loaded.model, config=config)
+            report = build_report(loaded.model, ghost, loaded.input_size, spec, target)
+        render_report(report, console, layers=layers)
+        if json_path is not None:
+            _write_json(json_path, report.to_json())
+        return
+
+    settings = [(v, d) for v in ss] + [(s, v) for v in ds]
+    x = example_input(loaded.model, loaded.input_size)
+    base_macs, base_params = count_macs(loaded.model, x).total, count_params(loaded.model)
+    rows = []
+    from rich.progress import Progress
+
+    with Progress(console=err_console, transient=True) as progress:
+        task = progress.add_task("sweep", total=len(settings))
+        for s_i, d_i in settings:
+            cfg = build_config(s_i, d_i, include, exclude, convert_stem, convert_depthwise, fuse)
+            ghost = ghostify.convert(loaded.model, config=cfg)
+            rep = build_report(loaded.model, ghost, loaded.input_size, spec, target)
+            rows.append({"s": s_i, "d": d_i, **{k: rep.totals[k] for k in (
+                "params_after", "macs_after", "theoretical_speedup", "measured_speedup", "measured_compression")}})
+            progress.advance(task)
+    table = Table(title=f"{spec}: sweep (original {human(base_params)} params, {human(base_macs)} MACs)",
+                  header_style="bold")
+    for col in ("s", "d", "weights", "MACs", "r_s Eq.4 (model)", "speed-up measured", "compression"):
+        table.add_column(col, justify="right")
+    for r in rows:
+        table.add_row(str(r["s"]), str(r["d"]), human(r["params_after"]), human(r["macs_after"]),
+                      f"{r['theoretical_speedup']:.2f}", f"{r['measured_speedup']:.2f}",
+                      f"{r['measured_compression']:.2f}")
+    console.print(table)
+    if json_path is not None:
+        _write_json(json_path, json.dumps({"schema": "ghostify.sweep/1", "kind": "sweep", "model": spec,
+                                           "input_size": list(loaded.input_size), "params_before": base_params,
+                                           "macs_before": base_macs, "rows": rows}, indent=2))
