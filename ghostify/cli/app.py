@@ -9,11 +9,19 @@ from __future__ import annotations
 import sys
 from collections.abc import Sequence
 
-import click
 import typer
 from rich.console import Console
 
 from ghostify.errors import GhostifyError
+
+try:  # recent typer vendors click (typer._click); older typer uses click itself
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - depends on the installed typer
+    from click.exceptions import ClickException
+try:
+    from typer.exceptions import Abort, Exit
+except ImportError:  # pragma: no cover
+    from click.exceptions import Abort, Exit
 
 app = typer.Typer(
     name="ghostify",
@@ -65,12 +73,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return exc.exit_code
-    except click.exceptions.Exit as exc:
+    except Exit as exc:
         return exc.exit_code
-    except click.exceptions.Abort:
+    except Abort:
         error("aborted")
         return 130
-    except click.ClickException as exc:
+    except ClickException as exc:
         if debug:
             raise
         ctx = getattr(exc, "ctx", None)
