@@ -288,6 +288,30 @@ def _swap_modules(model: nn.Module, config: GhostConfig, plan: ConversionPlan, w
     plan.layers.sort(key=lambda layer: order.get(layer.name, len(order)))
 
 
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _record_hidden_convs(model: nn.Module, plan: ConversionPlan) -> None:
+    """Convolutions fx never saw as nodes (inside an opaque leaf module) still get a reason."""
+    seen = {layer.name for layer in plan.layers}
+    new_ghosts = {layer.name for layer in plan.converted}
+    ghost_parts = _convs_inside_ghosts(model)
+    for name, mod in model.named_modules():
+        if not isinstance(mod, nn.Conv2d) or name in seen or any(name.startswith(g + ".") for g in new_ghosts):
+            continue
+        if name in ghost_parts:
+            reason = "already part of a Ghost module"
+        else:
+            parent = name.rpartition(".")[0]
+            owner = type(model.get_submodule(parent)).__name__ if parent else type(model).__name__
+            reason = f"inside {owner}, which fx treats as one opaque leaf module"
+        plan.layers.append(_layer_plan(name, mod, False, plan.config["s"], plan.config["d"], reason))
+    order = {n: i for i, (n, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    plan.layers.sort(key=lambda layer: order.get(layer.name, len(order)))
+
+
 def _reset(ghost: GhostModule) -> None:
     for mod in ghost.modules():
         if mod is not ghost and hasattr(mod, "reset_parameters"):
@@ -336,14 +360,24 @@ def convert(
     original = model
     work = model if inplace else copy.deepcopy(model)
     plan = ConversionPlan(config=config.to_dict(), mode="fx", init=init)
+    gm: nn.Module
     try:
-        gm: nn.Module = trace(work)
-    except Exception as exc:  # fx raises many kinds of errors on dynamic control flow
-        gm = work
-        plan.mode = "module-swap"
-        _swap_modules(gm, config, plan, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}")
+        gm = trace(work)
+    except Exception:  # fx raises many kinds of errors on dynamic control flow
+        try:  # again, keeping the libraries' leaf modules opaque
+            gm = trace(work, library_leaves=True)
+        except Exception as exc:
+            gm = work
+            plan.mode = "module-swap"
+            _swap_modules(gm, config, plan, f"{type(exc).__name__}: {_first_line(exc)}")
+        else:
+            _rewrite_graph(gm, config, plan)
+            plan.lost_optimizations.append(
+                "fx could trace the model only with timm/torchvision leaf modules kept opaque; "
+                "convolutions inside them were left alone")
     else:
         _rewrite_graph(gm, config, plan)
+    _record_hidden_convs(gm, plan)
 
     if not plan.layers:
         raise GhostifyError("the model has no nn.Conv2d layer: nothing for ghostify to convert")

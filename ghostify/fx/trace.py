@@ -41,25 +41,40 @@ def _third_party_lists(model: nn.Module) -> tuple[list[type], list[Callable[...,
     return leaves, functions
 
 
-class GhostTracer(fx.Tracer):
-    """An ``fx.Tracer`` whose leaves are convolutions, Ghost modules and the libraries' leaves."""
+def _holds_conv(m: nn.Module) -> bool:
+    return any(isinstance(sub, nn.Conv2d) for sub in m.modules())
 
-    def __init__(self, leaf_types: tuple[type, ...] = (), autowrap_functions: tuple[Callable[..., Any], ...] = ()):
+
+class GhostTracer(fx.Tracer):
+    """An ``fx.Tracer`` whose leaves are convolutions, Ghost modules and the libraries' leaves.
+
+    With ``library_leaves=False`` a library leaf that holds convolutions (torchvision's
+    ``Conv2dNormActivation``, ``SqueezeExcitation``...: leaves for feature extraction, not
+    because they are untraceable) is traced through, so its convolutions can be rewritten.
+    """
+
+    def __init__(self, leaf_types: tuple[type, ...] = (), autowrap_functions: tuple[Callable[..., Any], ...] = (),
+                 library_leaves: bool = False):
         super().__init__(autowrap_functions=autowrap_functions)
         self.leaf_types = leaf_types
+        self.library_leaves = library_leaves
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
         if isinstance(m, nn.Conv2d) or is_ghost_module(m):
             return True
-        if self.leaf_types and isinstance(m, self.leaf_types):
+        if self.leaf_types and isinstance(m, self.leaf_types) and (self.library_leaves or not _holds_conv(m)):
             return True
         return super().is_leaf_module(m, module_qualified_name)
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Trace ``model`` into a GraphModule (raises whatever fx raises when it cannot)."""
+def trace(model: nn.Module, library_leaves: bool = False) -> fx.GraphModule:
+    """Trace ``model`` into a GraphModule (raises whatever fx raises when it cannot).
+
+    ``library_leaves=True`` keeps every timm/torchvision leaf module opaque, even those holding
+    convolutions: the fallback when tracing through them fails.
+    """
     leaves, functions = _third_party_lists(model)
-    tracer = GhostTracer(tuple(leaves), tuple(functions))
+    tracer = GhostTracer(tuple(leaves), tuple(functions), library_leaves)
     graph = tracer.trace(model)
     name = type(model).__name__
     gm = fx.GraphModule(tracer.root, graph, name)
