@@ -87,3 +87,27 @@ def test_cli_bad_input_is_one_line_exit_2(args, needle, capsys):
     assert main(args) == 2
     err = capsys.readouterr().err
     assert needle in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_state_dict_with_arch_and_torch_export_archives(tmp_path, capsys):
+    model = torchvision.models.resnet18(num_classes=4).eval()
+    torch.save(model.state_dict(), tmp_path / "sd.pth")
+    code = main(["convert", str(tmp_path / "sd.pth"), "--input-size", "3,32,32", "--no-layers"])
+    assert code == 2 and "--arch" in capsys.readouterr().err
+    code = main(["convert", str(tmp_path / "sd.pth"), "--arch", "torchvision:resnet18", "--input-size", "3,32,32",
+                 "--no-layers"])
+    assert code == 2 and "does not fit --arch" in capsys.readouterr().err  # 4 classes vs 1000
+    torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "sd1000.pth")
+    assert main(["convert", str(tmp_path / "sd1000.pth"), "--arch", "torchvision:resnet18",
+                 "--input-size", "3,32,32", "--no-layers"]) == 0
+    assert (tmp_path / "sd1000.ghost-s2d3.ghost").exists()  # saved next to the input by default
+
+    x = torch.randn(1, 3, 32, 32)
+    torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
+    out = tmp_path / "m.ghost"
+    assert main(["convert", str(tmp_path / "m.pt2"), "--input-size", "3,32,32", "--out", str(out),
+                 "--json", str(tmp_path / "m.json"), "--no-layers"]) == 0, capsys.readouterr().err
+    report = json.loads((tmp_path / "m.json").read_text())
+    assert report["totals"]["layers_converted"] == 19
+    assert report["totals"]["theoretical_speedup"] == pytest.approx(report["totals"]["measured_speedup"], rel=0.01)
+    assert ghostify.load(out)(x).shape == (1, 4)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import fx, nn
 
 from ghostify.errors import GhostifyError, NothingToConvertError
+from ghostify.fx.lift import is_exported_graph, lift_exported
 from ghostify.fx.trace import is_ghost_module, trace
 from ghostify.layers.ghost import GhostModule
 from ghostify.plan import PLAN_ATTR, ConversionPlan, LayerPlan
@@ -88,11 +89,25 @@ def _functional_act(fn: Callable[..., Any], args: tuple, kwargs: dict) -> nn.Mod
         return nn.LeakyReLU(slope)
     if fn is F.elu:
         return nn.ELU(args[0] if args else kw.get("alpha", 1.0))
-    if fn is F.hardtanh:
+    if fn in (F.hardtanh, _aten.hardtanh.default, _aten.hardtanh_.default):
         lo = args[0] if len(args) > 0 else kw.get("min_val", -1.0)
         hi = args[1] if len(args) > 1 else kw.get("max_val", 1.0)
         return nn.Hardtanh(lo, hi)
+    if fn is _aten.gelu.default:
+        return nn.GELU(approximate=kw.get("approximate", "none"))
+    if fn in _ATEN_ACTS:  # torch.export graphs call aten operators
+        return _ATEN_ACTS[fn]()
     return None
+
+
+_aten = torch.ops.aten
+_ATEN_ACTS: dict[Any, Callable[[], nn.Module]] = {
+    _aten.relu.default: nn.ReLU, _aten.relu_.default: nn.ReLU, _aten.silu.default: nn.SiLU,
+    _aten.silu_.default: nn.SiLU, _aten.hardswish.default: nn.Hardswish, _aten.hardswish_.default: nn.Hardswish,
+    _aten.sigmoid.default: nn.Sigmoid, _aten.sigmoid_.default: nn.Sigmoid, _aten.tanh.default: nn.Tanh,
+    _aten.tanh_.default: nn.Tanh, _aten.hardsigmoid.default: nn.Hardsigmoid,
+    _aten.hardsigmoid_.default: nn.Hardsigmoid, _aten.mish.default: nn.Mish,
+}
 
 
 _METHOD_ACTS: dict[str, Callable[[], nn.Module]] = {
@@ -359,6 +374,8 @@ def convert(
 
     original = model
     work = model if inplace else copy.deepcopy(model)
+    if is_exported_graph(work):  # a torch.export program: rebuild conv/BN modules first
+        lift_exported(work)
     plan = ConversionPlan(config=config.to_dict(), mode="fx", init=init)
     gm: nn.Module
     try:

@@ -31,7 +31,7 @@ from torch import nn
 from ghostify.errors import GhostifyError
 from ghostify.plan import get_plan
 
-__all__ = ["save", "load", "load_archive", "atomic_write", "check_output_path", "FORMAT"]
+__all__ = ["save", "resave", "load", "load_archive", "atomic_write", "check_output_path", "FORMAT"]
 
 FORMAT = "ghostify.archive/1"
 
@@ -120,7 +120,7 @@ def _tensors(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]
 def save(
     model: nn.Module,
     path: str | os.PathLike,
-    source: str | nn.Module,
+    source: str | nn.Module | os.PathLike,
     input_size: Sequence[int],
     *,
     force: bool = False,
@@ -129,11 +129,10 @@ def save(
 ) -> Path:
     """Write ``model`` (a ``ghostify.convert`` output) to a ``.ghost`` archive.
 
-    ``source`` is the spec the original came from (``"torchvision:resnet50"``), or the original
-    module itself when it came from a file (its skeleton is stored in the archive).
+    ``source`` is the spec the original came from (``"torchvision:resnet50"``), the original
+    module itself when it came from a pickle file (its skeleton is stored in the archive), or
+    the path of a ``.pt2`` torch.export archive (stored as it is).
     """
-    from safetensors.torch import save as st_save
-
     from ghostify import __version__
 
     plan = get_plan(model)
@@ -144,7 +143,7 @@ def save(
         "format": FORMAT,
         "ghostify_version": __version__,
         "torch_version": torch.__version__,
-        "source": source if isinstance(source, str) else None,
+        "source": source if isinstance(source, str) else None,  # else a source.* member
         "input_size": [int(v) for v in input_size],
         "config": plan.config,
         "init": plan.init,
@@ -152,14 +151,27 @@ def save(
         "converted": [layer.name for layer in plan.converted],
         **(extra or {}),
     }
+    if isinstance(source, nn.Module):
+        members = {"source.pt": _skeleton(source)}
+    elif isinstance(source, os.PathLike):  # a torch.export archive: kept as it is (no pickle)
+        members = {"source.pt2": Path(source).read_bytes()}
+    else:
+        members = {}
+    return _write(out, model, recipe, members)
+
+
+def _write(out: Path, model: nn.Module, recipe: dict[str, Any], members: dict[str, bytes]) -> Path:
+    """Zip recipe + safetensors weights + source members in memory, then write atomically."""
+    from safetensors.torch import save as st_save
+
     tensors, aliases = _tensors(model)
     recipe["aliases"] = aliases
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr("recipe.json", json.dumps(recipe, indent=2))
         zf.writestr("model.safetensors", st_save(tensors))
-        if not isinstance(source, str):
-            zf.writestr("source.pt", _skeleton(source))
+        for name, data in members.items():
+            zf.writestr(name, data)
     return atomic_write(out, buf.getvalue())
 
 
@@ -169,7 +181,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
 
     from ghostify.fx.rewrite import convert
     from ghostify.io.safe_load import safe_torch_load
-    from ghostify.io.specs import load_model
+    from ghostify.io.specs import exported_module, load_model
     from ghostify.policy import GhostConfig
 
     path = Path(path)
@@ -181,6 +193,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
             recipe = json.loads(zf.read("recipe.json"))
             weights = zf.read("model.safetensors")
             skeleton = zf.read("source.pt") if "source.pt" in names else None
+            exported = zf.read("source.pt2") if "source.pt2" in names else None
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as exc:
         raise GhostifyError(f"{path}: not a readable ghostify archive ({exc})") from None
     except KeyError as exc:
@@ -189,6 +202,10 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
         raise GhostifyError(f"{path}: unsupported archive format {recipe.get('format')!r} (expected {FORMAT})")
     if skeleton is not None:
         source = _materialize(safe_torch_load(skeleton, trust=trust))
+    elif exported is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            (Path(tmp) / "source.pt2").write_bytes(exported)
+            source = exported_module(Path(tmp) / "source.pt2")
     elif recipe.get("source"):
         source = load_model(recipe["source"], input_size=recipe["input_size"], trust=trust).model
     else:
@@ -216,3 +233,22 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
 def load(path: str | os.PathLike, trust: bool = False) -> nn.Module:
     """Load a ``.ghost`` archive written by ``ghostify.save`` / ``ghostify convert`` (no pickled code runs)."""
     return load_archive(path, trust=trust)[0]
+
+
+def resave(model: nn.Module, path: str | os.PathLike, like: str | os.PathLike, *, force: bool = False,
+           inputs: Sequence[str | os.PathLike | None] = (), extra: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` (same architecture as the archive ``like``, new weights) as a ``.ghost`` archive
+    that keeps ``like``'s recipe and source skeleton (e.g. after ``ghostify finetune``)."""
+    like = Path(like)
+    try:
+        with zipfile.ZipFile(like) as zf:
+            recipe = json.loads(zf.read("recipe.json"))
+            members = {n: zf.read(n) for n in zf.namelist() if n.startswith("source.")}
+    except (zipfile.BadZipFile, OSError, KeyError, json.JSONDecodeError) as exc:
+        raise GhostifyError(f"{like}: not a readable ghostify archive ({exc})") from None
+    plan = get_plan(model)
+    if plan is not None and [layer.name for layer in plan.converted] != recipe.get("converted"):
+        raise GhostifyError(f"the model's converted layers differ from those of {like}; save it with ghostify.save")
+    out = check_output_path(path, [like, *inputs], force)
+    recipe.update(extra or {})
+    return _write(out, model, recipe, members)

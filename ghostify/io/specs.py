@@ -133,11 +133,7 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
         model, recipe = load_archive(path, trust=trust)
         return model, "archive", {"recipe": recipe}
     if path.suffix == ".pt2":
-        try:
-            program = torch.export.load(str(path))
-        except Exception as exc:
-            raise GhostifyError(f"{path}: not a readable torch.export archive ({_first(exc)})") from exc
-        return program.module(), "file-export", {}
+        return exported_module(path), "file-export", {}
     obj = safe_torch_load(path, trust=trust)
     if isinstance(obj, nn.Module):
         return obj, "file-module", {}
@@ -153,6 +149,18 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
             raise GhostifyError(f"{path}: does not fit --arch {arch}: {_first(exc)}") from None
         return model, "file-state-dict", {}
     raise GhostifyError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
+
+
+def exported_module(path: Path) -> nn.Module:
+    """The module of a torch.export archive (no pickle), with ``train``/``eval`` usable again."""
+    try:
+        program = torch.export.load(str(path))
+    except Exception as exc:
+        raise GhostifyError(f"{path}: not a readable torch.export archive ({_first(exc)})") from exc
+    module = program.module()
+    for attr in ("train", "eval"):  # torch.export blocks them on the instance; the graph is inference-only
+        module.__dict__.pop(attr, None)
+    return module
 
 
 def _first(exc: BaseException) -> str:

@@ -5,6 +5,7 @@ The JSON form (``Report.to_dict``) is documented in docs/report-schema.md; its k
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 from collections.abc import Sequence
@@ -15,6 +16,7 @@ import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError
+from ghostify.fx.lift import is_exported_graph, lift_exported
 from ghostify.plan import ConversionPlan, get_plan
 from ghostify.policy import theoretical_compression, theoretical_speedup
 from ghostify.report.counting import CONVENTION, count_macs, count_params
@@ -51,6 +53,8 @@ class LayerRow:
     form: str | None = None
     fused: list[str] = field(default_factory=list)
     note: str | None = None
+    transfer_error: float | None = None  # relative MSE after transfer init (see docs/transfer.md)
+    transfer_fit: str | None = None  # where it was measured: "calibration" maps or "weights"
 
 
 @dataclass
@@ -146,6 +150,8 @@ def build_report(
     if plan is None:
         raise GhostifyError("the second model was not produced by ghostify.convert (no ghostify_plan)")
     input_size = [int(v) for v in input_size]
+    if is_exported_graph(original):  # per-layer counts need the conv modules the pass saw
+        original = lift_exported(copy.deepcopy(original))
     check_forward(original, input_size)
     x = example_input(original, input_size)
     before = count_macs(original, x)
@@ -174,6 +180,7 @@ def build_report(
             d=layer.d if layer.converted else None, r_s=_round(r_s), r_c=_round(r_c),
             macs_before=macs_b, macs_after=macs_a, params_before=params_b, params_after=params_a,
             form=layer.form, fused=list(layer.fused), note=layer.note,
+            transfer_error=getattr(layer, "transfer_error", None), transfer_fit=getattr(layer, "transfer_fit", None),
         ))
 
     p_before, p_after = count_params(original), count_params(converted)
