@@ -1,6 +1,7 @@
 """ghostify: turn the convolutions of any PyTorch CNN into Ghost modules (GhostNet, CVPR 2020)."""
 
 from ghostify.errors import GhostifyError
+from ghostify.export.deploy import deploy
 from ghostify.fx.rewrite import convert
 from ghostify.io.archive import load, save
 from ghostify.io.specs import load_model
@@ -11,4 +12,4 @@ from ghostify.policy import GhostConfig
 __version__ = "0.1.0"
 
 __all__ = ["convert", "load", "save", "load_model", "GhostConfig", "GhostModule", "GhostifyError",
-           "ConversionPlan", "LayerPlan", "get_plan", "__version__"]
+           "ConversionPlan", "LayerPlan", "get_plan", "deploy", "__version__"]

@@ -180,3 +180,22 @@ def test_converting_a_ghost_model_again_leaves_ghost_modules_alone():
     twice = get_plan(ghostify.convert(once, s=2, d=3))
     assert all(not layer.converted for layer in twice.layers)
     assert {layer.reason for layer in twice.layers} >= {"already part of a Ghost module"}
+
+
+class WithAuxHead(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1)
+        self.body = nn.Conv2d(8, 8, 3, padding=1)
+        self.aux = nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.body(self.stem(x))
+        return x + self.aux(x) if self.training else x
+
+
+def test_every_convolution_gets_a_row_even_when_not_traced():
+    plan = get_plan(ghostify.convert(WithAuxHead().eval()))
+    rows = {layer.name: layer for layer in plan.layers}
+    assert list(rows) == ["stem", "body", "aux"]
+    assert "not called by the traced forward" in rows["aux"].reason

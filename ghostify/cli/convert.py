@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import typer
 from rich.table import Table
@@ -65,6 +67,11 @@ def convert(
     fuse: bool = FUSE_OPT,
     target: str = TARGET_OPT,
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Print the per-layer table."),
+    init: str = typer.Option("random", "--init", help="random (train from scratch) or transfer (start from the "
+                             "original weights; see docs/transfer.md)."),
+    calib: str | None = typer.Option(None, "--calib", help="Unlabeled calibration DATA for --init transfer "
+                                     "(fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR); data-free without it."),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="How many calibration images to use."),
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
     import ghostify
@@ -82,15 +89,25 @@ def convert(
     check_output_path(out, inputs, force)
     if json_path is not None and str(json_path) != "-":
         check_output_path(json_path, inputs + [out], force)
-    with err_console.status(f"converting {spec} (s={s}, d={d})"):
-        ghost = ghostify.convert(loaded.model, config=config, strict=False)
+    calibration = None
+    if calib is not None:
+        if init != "transfer":
+            raise GhostifyError("--calib is used by --init transfer only")
+        from ghostify.data_specs import load_data
+
+        with err_console.status(f"reading {calib_samples} calibration images from {calib}"):
+            calibration = load_data(calib, train=True, model=loaded.model, input_size=loaded.input_size,
+                                    max_samples=calib_samples).images
+    with err_console.status(f"converting {spec} (s={s}, d={d}, init={init})"):
+        ghost = ghostify.convert(loaded.model, config=config, strict=False, init=init, calibration_data=calibration)
     plan = ghostify.get_plan(ghost)
     if not plan.converted:
         message = "no convolution was converted (see the reasons above); no output written"
         if strict:
             raise NothingToConvertError(message)
     with err_console.status("measuring MACs and parameters"):
-        report = build_report(loaded.model, ghost, loaded.input_size, spec, target)
+        report = _with_input_hint(loaded.model, lambda: build_report(loaded.model, ghost, loaded.input_size, spec,
+                                                                     target))
         y0, y1 = check_forward(loaded.model, loaded.input_size), check_forward(ghost, loaded.input_size)
     if tuple(y0.shape) != tuple(y1.shape):  # the rewrite must never change what the model returns
         raise RuntimeError(f"converted model output {tuple(y1.shape)} differs from the original {tuple(y0.shape)}")
@@ -98,7 +115,7 @@ def convert(
     if not plan.converted:
         err_console.print(f"[yellow]warning:[/] {message}")
         return
-    source = loaded.spec if loaded.path is None else loaded.model
+    source = loaded.spec if loaded.path is None else (loaded.path if loaded.kind == "file-export" else loaded.model)
     with err_console.status(f"writing {out}"):
         save(ghost, out, source, loaded.input_size, force=force, inputs=inputs,
              extra={"totals": report.totals, "output_shape": list(y1.shape)})
@@ -106,6 +123,19 @@ def convert(
         _write_json(json_path, report.to_json())
     console.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
                   + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
+
+
+def _with_input_hint(model: Any, run: Callable[[], Any]) -> Any:
+    """Run ``run``; when the model rejects the input size, say what it expects (when it tells)."""
+    from ghostify.io.specs import expected_input
+
+    try:
+        return run()
+    except GhostifyError as exc:
+        hint = expected_input(model) if str(exc).startswith("the model rejected") else None
+        if hint is None:
+            raise
+        raise GhostifyError(f"{exc} (the model expects {hint})") from exc
 
 
 def _write_json(path: Path, text: str) -> None:
@@ -154,15 +184,16 @@ def analyze(
     from ghostify.io.specs import load_model
     from ghostify.report.counting import count_macs, count_params
     from ghostify.report.render import human, render_report
-    from ghostify.report.report import build_report, example_input
+    from ghostify.report.report import build_report, check_forward, example_input
 
     target = _check_target(target)
     ss, ds = _int_list(sweep_s, "--sweep-s"), _int_list(sweep_d, "--sweep-d")
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, [], force)
+        check_output_path(json_path, [Path(spec)], force)  # never the model file, even with --force
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
+    _with_input_hint(loaded.model, lambda: check_forward(loaded.model, loaded.input_size))
     if not ss and not ds:
         with err_console.status(f"analyzing {spec} (s={s}, d={d})"):
             ghost = ghostify.convert(loaded.model, config=config)

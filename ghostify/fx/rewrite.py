@@ -196,6 +196,8 @@ def _rewrite_graph(gm: fx.GraphModule, config: GhostConfig, plan: ConversionPlan
     for node in gm.graph.nodes:
         if node.op == "call_module":
             calls[str(node.target)] = calls.get(str(node.target), 0) + 1
+    # parameters the forward reads directly (e.g. timm's EdgeNeXt reads conv.weight.dtype)
+    attr_reads = {str(node.target) for node in gm.graph.nodes if node.op == "get_attr"}
 
     for node in list(gm.graph.nodes):
         if node.op != "call_module":
@@ -206,6 +208,9 @@ def _rewrite_graph(gm: fx.GraphModule, config: GhostConfig, plan: ConversionPlan
             continue
         layer = _decide(config, name, conv, name in stems, name in inside, supported)
         plan.layers.append(layer)
+        if layer.converted and any(t.startswith(name + ".") for t in attr_reads):
+            layer.converted = False  # a Ghost module has no .weight: the read would break
+            layer.reason = "the forward reads this convolution's parameters directly; left alone to keep that working"
         if not layer.converted:
             continue
         norm = act = None
@@ -308,22 +313,32 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0][:200] if text else ""
 
 
-def _record_hidden_convs(model: nn.Module, plan: ConversionPlan) -> None:
-    """Convolutions fx never saw as nodes (inside an opaque leaf module) still get a reason."""
+def _record_hidden_convs(source: nn.Module, converted: nn.Module, plan: ConversionPlan) -> None:
+    """Convolutions the rewrite never saw as nodes still get a reason.
+
+    ``source`` is the traced module (it keeps every submodule); ``converted`` is the result
+    (fx drops submodules the traced forward never calls).
+    """
     seen = {layer.name for layer in plan.layers}
     new_ghosts = {layer.name for layer in plan.converted}
-    ghost_parts = _convs_inside_ghosts(model)
-    for name, mod in model.named_modules():
+    ghost_parts = _convs_inside_ghosts(source)
+    called = ({str(n.target) for n in converted.graph.nodes if n.op == "call_module"}
+              if isinstance(converted, fx.GraphModule) else None)
+    for name, mod in source.named_modules():
         if not isinstance(mod, nn.Conv2d) or name in seen or any(name.startswith(g + ".") for g in new_ghosts):
             continue
+        parts = name.split(".")
+        owner = next((".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)
+                      if called is None or ".".join(parts[:i]) in called), None)
         if name in ghost_parts:
             reason = "already part of a Ghost module"
+        elif owner is not None:
+            reason = f"inside {type(source.get_submodule(owner)).__name__}, which fx treats as one opaque leaf module"
         else:
-            parent = name.rpartition(".")[0]
-            owner = type(model.get_submodule(parent)).__name__ if parent else type(model).__name__
-            reason = f"inside {owner}, which fx treats as one opaque leaf module"
+            reason = ("not called by the traced forward (e.g. a training-only auxiliary head); "
+                      "absent from the converted graph")
         plan.layers.append(_layer_plan(name, mod, False, plan.config["s"], plan.config["d"], reason))
-    order = {n: i for i, (n, _) in enumerate(model.named_modules(remove_duplicate=False))}
+    order = {n: i for i, (n, _) in enumerate(source.named_modules(remove_duplicate=False))}
     plan.layers.sort(key=lambda layer: order.get(layer.name, len(order)))
 
 
@@ -394,7 +409,7 @@ def convert(
                 "convolutions inside them were left alone")
     else:
         _rewrite_graph(gm, config, plan)
-    _record_hidden_convs(gm, plan)
+    _record_hidden_convs(work, gm, plan)
 
     if not plan.layers:
         raise GhostifyError("the model has no nn.Conv2d layer: nothing for ghostify to convert")

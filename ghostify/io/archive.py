@@ -50,6 +50,8 @@ def check_output_path(out: str | os.PathLike, inputs: Sequence[str | os.PathLike
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.exists():
         raise GhostifyError(f"{parent}: output directory does not exist")
+    if not parent.is_dir():
+        raise GhostifyError(f"{parent}: is not a directory, cannot write {out.name} inside it")
     if not os.access(parent, os.W_OK):
         raise GhostifyError(f"{parent}: output directory is not writable")
     return out
@@ -58,7 +60,11 @@ def check_output_path(out: str | os.PathLike, inputs: Sequence[str | os.PathLike
 def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
     """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent if str(path.parent) else ".")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
+                                   dir=path.parent if str(path.parent) else ".")
+    except OSError as exc:  # unwritable or missing directory, disk full: the user's to fix, one line
+        raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data.encode() if isinstance(data, str) else data)
@@ -68,9 +74,11 @@ def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         if os.path.exists(tmp):
             os.unlink(tmp)
+        if isinstance(exc, OSError):
+            raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
         raise
     return path
 

@@ -24,9 +24,9 @@ import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError
-from ghostify.io.safe_load import safe_torch_load
+from ghostify.io.safe_load import safe_export_load, safe_torch_load
 
-__all__ = ["LoadedModel", "load_model", "parse_input_size", "DEFAULT_INPUT_SIZE", "FILE_SUFFIXES"]
+__all__ = ["LoadedModel", "load_model", "parse_input_size", "expected_input", "DEFAULT_INPUT_SIZE", "FILE_SUFFIXES"]
 
 DEFAULT_INPUT_SIZE = (3, 224, 224)
 FILE_SUFFIXES = (".pt", ".pth", ".pt2", ".ghost", ".bin", ".ckpt")
@@ -57,7 +57,13 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] |
         except ValueError:
             raise GhostifyError(f"--input-size must be C,H,W integers (e.g. 3,224,224), got {text!r}") from None
     else:
-        values = [int(v) for v in text]
+        try:
+            items = list(text)
+        except TypeError:
+            raise GhostifyError(f"input size must be C,H,W (e.g. 3,224,224), got {text!r}") from None
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
+            raise GhostifyError(f"input size must be three positive integers C,H,W, got {text!r}")
+        values = items
     if len(values) != 3 or min(values) < 1:
         raise GhostifyError(f"--input-size must be three positive integers C,H,W, got {text!r}")
     return values[0], values[1], values[2]
@@ -97,15 +103,38 @@ def _factory(spec: str) -> nn.Module:
     module_name, _, attr = spec.partition(":")
     try:
         module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise GhostifyError(f"cannot import {module_name!r} for model spec {spec!r}: {exc}") from None
+    except Exception as exc:  # ImportError, but also ValueError/TypeError for malformed names, or the module's own
+        raise GhostifyError(f"cannot import {module_name!r} for model spec {spec!r}: "
+                            f"{type(exc).__name__}: {_first(exc)}") from None
     factory = getattr(module, attr, None)
     if factory is None:
         raise GhostifyError(f"module {module_name!r} has no attribute {attr!r}")
-    model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    try:
+        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
+    except Exception as exc:  # the user's factory failed: their error, in one line (--debug shows the traceback)
+        raise GhostifyError(f"{spec}() raised {type(exc).__name__}: {_first(exc)}") from exc
     if not isinstance(model, nn.Module):
         raise GhostifyError(f"{spec!r} did not give a torch.nn.Module (got {type(model).__name__})")
     return model
+
+
+def expected_input(model: nn.Module) -> str | None:
+    """What the model says it expects, in words (for "the model rejected that input size" errors)."""
+    parts = []
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None:
+        parts.append(f"C={first.in_channels} (its first convolution's input channels)")
+    size = _config_input_size(model)
+    if size is not None:
+        parts.append(f"H×W={size[1]}×{size[2]} (its config)")
+    else:
+        for attr in ("image_size", "img_size"):  # torchvision ViT, timm models with a fixed size
+            value = getattr(model, attr, None)
+            if isinstance(value, int) or (isinstance(value, (tuple, list)) and len(value) == 2):
+                h, w = (value, value) if isinstance(value, int) else value
+                parts.append(f"H×W={h}×{w} (its {attr})")
+                break
+    return ", ".join(parts) or None
 
 
 def _config_input_size(model: nn.Module) -> tuple[int, int, int] | None:
@@ -133,7 +162,7 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
         model, recipe = load_archive(path, trust=trust)
         return model, "archive", {"recipe": recipe}
     if path.suffix == ".pt2":
-        return exported_module(path), "file-export", {}
+        return exported_module(path, trust=trust), "file-export", {}
     obj = safe_torch_load(path, trust=trust)
     if isinstance(obj, nn.Module):
         return obj, "file-module", {}
@@ -151,12 +180,10 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
     raise GhostifyError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
 
 
-def exported_module(path: Path) -> nn.Module:
+def exported_module(path: Path, trust: bool = False) -> nn.Module:
     """The module of a torch.export archive (no pickle), with ``train``/``eval`` usable again."""
-    try:
-        program = torch.export.load(str(path))
-    except Exception as exc:
-        raise GhostifyError(f"{path}: not a readable torch.export archive ({_first(exc)})") from exc
+    # safe_export_load: torch.export.load itself falls back to pickle for some members (runs code)
+    program = safe_export_load(path, trust=trust)
     module = program.module()
     for attr in ("train", "eval"):  # torch.export blocks them on the instance; the graph is inference-only
         module.__dict__.pop(attr, None)

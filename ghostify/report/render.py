@@ -23,6 +23,14 @@ def _short(n: float) -> str:
     return human(n, digits=1).replace(" ", "")
 
 
+def _transfer(row: object) -> str:
+    err = getattr(row, "transfer_error", None)
+    if err is None:
+        return ""
+    where = "maps" if getattr(row, "transfer_fit", None) == "calibration" else "weights"
+    return f" · transfer rel. MSE {err:.3f} ({where})"
+
+
 def render_report(report: Report, console: Console | None = None, layers: bool = True) -> None:
     console = console or Console()
     if layers:
@@ -43,7 +51,7 @@ def render_report(report: Report, console: Console | None = None, layers: bool =
                     row.name, cn, k, hw, f"{row.s},{row.d}", f"{row.r_s:.2f}", f"{row.r_c:.2f}",
                     f"{_short(row.macs_before)}→{_short(row.macs_after)}", f"{ratio:.2f}",
                     f"{_short(row.params_before)}→{_short(row.params_after)}",
-                    f"[dim]{row.form}{' · ' + row.note if row.note else ''}[/]",
+                    f"[dim]{row.form}{' · ' + row.note if row.note else ''}{_transfer(row)}[/]",
                 )
             else:
                 table.add_row(f"[dim]{row.name}[/]", cn, k, hw, "", "", "", f"[dim]{_short(row.macs_before)}[/]",

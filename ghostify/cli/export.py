@@ -1,0 +1,192 @@
+"""``ghostify export`` (ONNX with a parity check) and ``ghostify bench`` (onnxruntime latency)."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ghostify.cli.app import app, console, err_console, error
+from ghostify.errors import GhostifyError
+
+
+def _command_line(ctx: typer.Context) -> str:
+    """The command as typed (rebuilt from the parsed parameters: works in-process too)."""
+    words = ["ghostify", ctx.info_name or ""]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if value is None or value == param.default or value == []:
+            continue
+        if not param.opts[0].startswith("-"):  # an argument
+            words.append(str(value))
+        elif isinstance(value, bool):
+            words.append(param.opts[0] if value else (param.secondary_opts or [param.opts[0]])[0])
+        else:
+            for v in value if isinstance(value, (list, tuple)) else [value]:
+                words += [param.opts[0], str(v)]
+    return " ".join(shlex.quote(w) for w in words)
+
+
+def _write_json(path: Path, data: dict[str, Any]) -> None:
+    from ghostify.io.archive import atomic_write
+
+    text = json.dumps(data, indent=2, default=str)
+    if str(path) == "-":
+        console.print_json(text)
+    else:
+        atomic_write(path, text + "\n")
+
+
+@app.command()
+def export(
+    ctx: typer.Context,
+    spec: str = typer.Argument(..., help="Model spec: torchvision:NAME, timm:NAME, ghostify:NAME, a .ghost archive "
+                                         "or a model file."),
+    onnx: Path = typer.Option(..., "--onnx", help="The .onnx file to write."),
+    deploy: bool = typer.Option(True, "--deploy/--no-deploy",
+                                help="Export the deployment form (BN folded, concat-free Ghost modules)."),
+    opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's; dynamo needs >= 18)."),
+    dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension symbolic."),
+    input_size: str | None = typer.Option(None, "--input-size", help="C,H,W (default: the model's config or "
+                                                                      "archive, else 3,224,224)."),
+    rtol: float = typer.Option(1e-4, "--rtol", help="Largest max|ort-torch| / max|torch| that passes."),
+    exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, TorchScript fallback), dynamo or "
+                                                            "torchscript."),
+    check: bool = typer.Option(True, "--check/--no-check", help="Compare onnxruntime with torch after export."),
+    keep_failed: bool = typer.Option(False, "--keep-failed", help="Write the file even if the parity check fails."),
+    json_path: Path | None = typer.Option(None, "--json", help="Also write what happened as JSON ('-': stdout)."),
+    arch: str | None = typer.Option(None, "--arch", help="Architecture SPEC for a state_dict file."),
+    trust: bool = typer.Option(False, "--trust", help="Unpickle arbitrary classes (runs the file's code)."),
+    force: bool = typer.Option(False, "--force", help="Overwrite existing outputs (never the input)."),
+) -> None:
+    """Export a model (original or converted) to ONNX and check it against torch with onnxruntime.
+
+    Exit 1 when the outputs differ by more than --rtol (the file is then not written).
+    """
+    from ghostify.export.onnx import export_onnx
+    from ghostify.io.archive import check_output_path
+    from ghostify.io.specs import load_model
+
+    if onnx.suffix.lower() != ".onnx":
+        raise GhostifyError(f"--onnx {onnx}: the output should end in .onnx")
+    if not rtol > 0:
+        raise GhostifyError(f"--rtol must be > 0, got {rtol}")
+    if opset is not None and not 7 <= opset <= 30:
+        raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
+    with err_console.status(f"loading {spec}"):
+        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
+    inputs = [loaded.path]
+    check_output_path(onnx, inputs, force)
+    if json_path is not None and str(json_path) != "-":
+        check_output_path(json_path, inputs + [onnx], force)
+    form = "deployment form" if deploy else "training form"
+    with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"):
+        result = export_onnx(loaded.model, onnx, loaded.input_size, opset=opset, dynamic_batch=dynamic_batch,
+                             deploy=deploy, check=check, rtol=rtol, exporter=exporter, keep_failed=keep_failed)
+    data = {"kind": "export", "command": _command_line(ctx), "spec": spec, **result.to_dict()}
+    if json_path is not None:
+        _write_json(json_path, data)
+    err = "" if result.max_rel_error is None else (f"max rel error {result.max_rel_error:.2e} (abs "
+                                                    f"{result.max_abs_error:.2e}, rtol {result.rtol:g})")
+    if result.fallback_reason:
+        err_console.print(f"[yellow]note:[/] dynamo exporter failed ({result.fallback_reason}); used TorchScript")
+    for note in result.deploy_notes:
+        err_console.print(f"[yellow]note:[/] {note}")
+    if result.passed is False:
+        where = f"{onnx} written anyway (--keep-failed)" if result.written else f"{onnx} not written"
+        error(f"ONNX parity check failed: onnxruntime and torch differ, {err}; {where}")
+        raise typer.Exit(1)
+    console.print(f"saved [bold]{onnx}[/] ({result.size_bytes / 1e6:.1f} MB, {result.exporter} exporter, opset "
+                  f"{result.opset}, {form}" + (f"; parity OK: {err}" if err else "; parity not checked") + ")")
+
+
+def _ms(v: float) -> str:
+    return f"{v:.2f}"
+
+
+@app.command()
+def bench(
+    ctx: typer.Context,
+    a: Path = typer.Argument(..., help="ONNX model A (the baseline)."),
+    b: Path | None = typer.Argument(None, help="ONNX model B, timed interleaved with A (A B A B ...)."),
+    threads: int = typer.Option(1, "--threads", help="onnxruntime intra-op threads."),
+    batch: int = typer.Option(1, "--batch", help="Batch size (a batch > 1 needs an export with --dynamic-batch)."),
+    runs: int = typer.Option(50, "--runs", help="Timed runs of each model."),
+    warmup: int = typer.Option(10, "--warmup", help="Discarded warm-up runs of each model."),
+    json_path: Path | None = typer.Option(None, "--json", help="Write the figures as JSON ('-': stdout)."),
+    torch_specs: list[str] | None = typer.Option(None, "--torch", help="Also time eager torch: a model SPEC for A, "
+                                                                         "then one for B (repeat the option)."),
+    device: str = typer.Option("cpu", "--device", help="Device for --torch: cpu or cuda."),
+    input_size: str | None = typer.Option(None, "--input-size", help="C,H,W for --torch models."),
+    force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
+) -> None:
+    """Latency of ONNX models on onnxruntime's CPU execution provider: medians, p10/p90, ratio B/A."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    from ghostify.export.latency import bench_onnx, bench_torch
+    from ghostify.io.archive import check_output_path
+    from ghostify.report.report import GPU_NOTE
+
+    device = device.lower()
+    if device not in ("cpu", "cuda", "gpu"):
+        raise GhostifyError(f"--device must be cpu or cuda, got {device!r}")
+    device = "cuda" if device == "gpu" else device
+    if torch_specs and len(torch_specs) > 2:
+        raise GhostifyError("--torch takes one SPEC for A and optionally one for B")
+    if json_path is not None and str(json_path) != "-":
+        check_output_path(json_path, [a] + ([b] if b else []), force)
+    cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with Progress(*cols, console=err_console, transient=True) as progress:
+        task = progress.add_task(f"onnxruntime, {threads} thread(s)", total=None)
+        result = bench_onnx(a, b, threads=threads, batch=batch, runs=runs, warmup=warmup,
+                            progress=lambda done, total: progress.update(task, completed=done, total=total))
+        if torch_specs:
+            from ghostify.io.specs import load_model
+
+            models = [load_model(s, input_size=input_size) for s in torch_specs]
+            task2 = progress.add_task(f"torch eager ({device})", total=None)
+            result["torch"] = bench_torch(models[0].model, models[1].model if len(models) > 1 else None,
+                                          models[0].input_size, batch=batch, runs=runs, warmup=warmup,
+                                          device=device, threads=threads,
+                                          progress=lambda done, total: progress.update(task2, completed=done,
+                                                                                       total=total))
+            result["torch"]["specs"] = list(torch_specs)
+    result["command"] = _command_line(ctx)
+    if device == "cuda":
+        result["gpu_note"] = GPU_NOTE
+    _render(result)
+    if device == "cuda":
+        err_console.print(f"[yellow]note:[/] {GPU_NOTE}")
+    if json_path is not None:
+        _write_json(json_path, result)
+
+
+def _render(result: dict[str, Any]) -> None:
+    cpu = result["cpu"]
+    isa = ", ".join(cpu["isa"]) or "?"
+    console.print(f"[bold]{cpu['model']}[/] ({cpu['arch']}; {isa}); onnxruntime {result['onnxruntime_version']} "
+                  f"CPU EP, {result['threads']} thread(s), batch {result['batch']}, {result['runs']} runs after "
+                  f"{result['warmup']} warm-up" + (", interleaved A B A B" if result["interleaved"] else ""))
+    table = Table(show_header=True, header_style="bold")
+    for col in ("model", "p50 ms", "p10 ms", "p90 ms"):
+        table.add_column(col, justify="left" if col == "model" else "right")
+    for key in ("a", "b"):
+        if key in result:
+            r = result[key]
+            table.add_row(f"{key.upper()}: {r['name']}", _ms(r["p50_ms"]), _ms(r["p10_ms"]), _ms(r["p90_ms"]))
+    console.print(table)
+    if "b" in result:
+        console.print(f"speed-up of B over A: [bold]{result['speedup']:.3f}×[/] (median of per-run t_A/t_B; p10 "
+                      f"{result['speedup_p10']:.3f}, p90 {result['speedup_p90']:.3f}); latency_ratio B/A "
+                      f"{result['latency_ratio']:.3f}")
+    t = result.get("torch")
+    if t:
+        line = f"torch eager ({t['device']}): A p50 {_ms(t['a']['p50_ms'])} ms"
+        if "b" in t:
+            line += f", B p50 {_ms(t['b']['p50_ms'])} ms, speed-up {t['speedup']:.3f}× (p10 {t['speedup_p10']:.3f}, " \
+                    f"p90 {t['speedup_p90']:.3f})"
+        console.print(line)

@@ -1,0 +1,117 @@
+"""Which original filters become intrinsic, and which intrinsic map each ghost is made from.
+
+Input: a cost matrix ``E[i, o]`` = relative error of rebuilding original map ``o`` from
+original map ``i`` with one d x d depthwise filter (Eq. 3, Table 2), in [0, 1]. Output: m
+intrinsic channels (quota m / groups per group, so the primary conv keeps its groups) and an
+assignment of the n - m other channels to ghost slots, each intrinsic map feeding at most as
+many ghosts as it has slots in the module (s - 1, fewer at the end when s does not divide n).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+__all__ = ["Assignment", "slot_capacities", "choose"]
+
+
+@dataclass
+class Assignment:
+    intrinsic: list[int]  # original channel of primary filter k (group order)
+    ghost_of: dict[int, tuple[int, int]]  # original channel -> (intrinsic position k, cheap slot q)
+
+    def channel_order(self, n: int, m: int) -> torch.Tensor:
+        """order[o] = position of original channel o in the module's [intrinsic, ghosts] concat."""
+        order = torch.empty(n, dtype=torch.long)
+        for k, o in enumerate(self.intrinsic):
+            order[o] = k
+        for o, (_, q) in self.ghost_of.items():
+            order[o] = m + q
+        return order
+
+
+def slot_capacities(n: int, m: int, s: int) -> list[int]:
+    """Ghost slots of intrinsic k that survive the trim: positions m + k(s-1) + j < n."""
+    return [sum(1 for j in range(s - 1) if m + k * (s - 1) + j < n) for k in range(m)]
+
+
+def _greedy_intrinsics(E: torch.Tensor, m: int, s: int, group_of: list[int], quota: int) -> list[int]:
+    """Facility location with a capacity: pick the map that best explains s-1 others, repeat."""
+    n = E.shape[0]
+    cur = torch.ones(n, dtype=E.dtype)  # error of each channel with the intrinsics picked so far
+    chosen: list[int] = []
+    taken = torch.zeros(n, dtype=torch.bool)
+    group = torch.tensor(group_of)
+    per_group = torch.zeros(int(group.max()) + 1, dtype=torch.long)
+    k = max(s - 1, 1)
+    for _ in range(m):
+        gain_all = (cur.unsqueeze(0) - E).clamp_min(0)  # (candidate i, channel o)
+        gain_all[:, taken] = 0
+        gain_all.fill_diagonal_(0)
+        top = gain_all.topk(min(k, n), dim=1).values.sum(1) + cur  # i itself becomes exact
+        top[taken | (per_group[group] >= quota)] = -1.0
+        i = int(top.argmax())
+        chosen.append(i)
+        taken[i] = True
+        per_group[group[i]] += 1
+        best = gain_all[i].topk(min(k, n)).indices
+        cur[best] = torch.minimum(cur[best], E[i, best])
+        cur[i] = 0.0
+    return chosen
+
+
+def _assign(E: torch.Tensor, intrinsic: list[int], caps: list[int], n: int) -> dict[int, int]:
+    """Every other channel to one intrinsic position, cheapest pairs first, respecting capacity."""
+    ghosts = [o for o in range(n) if o not in set(intrinsic)]
+    sub = E[intrinsic][:, ghosts]  # (m, g)
+    left = list(caps)
+    owner: dict[int, int] = {}
+    for flat in sub.flatten().argsort().tolist():
+        k, j = divmod(flat, len(ghosts))
+        o = ghosts[j]
+        if o in owner or left[k] == 0:
+            continue
+        owner[o] = k
+        left[k] -= 1
+        if len(owner) == len(ghosts):
+            break
+    return owner
+
+
+def _improve_swaps(E: torch.Tensor, intrinsic: list[int], owner: dict[int, int], rounds: int = 200) -> None:
+    """Local search: exchange the intrinsics of two ghosts while that lowers the total error."""
+    ghosts = list(owner)
+    if len(ghosts) < 2:
+        return
+    g = torch.tensor(ghosts)
+    for _ in range(rounds):
+        k = torch.tensor([owner[o] for o in ghosts])
+        src = torch.tensor(intrinsic)[k]  # intrinsic channel of each ghost
+        cost_now = E[src, g]  # (g,)
+        cross = E[src.unsqueeze(1), g.unsqueeze(0)]  # cross[a, b] = E[intrinsic of a, ghost b]
+        delta = cross + cross.T - cost_now.unsqueeze(1) - cost_now.unsqueeze(0)
+        a, b = divmod(int(delta.argmin()), len(ghosts))
+        if float(delta[a, b]) >= -1e-6:
+            break
+        owner[ghosts[a]], owner[ghosts[b]] = owner[ghosts[b]], owner[ghosts[a]]
+
+
+def choose(E: torch.Tensor, n: int, m: int, s: int, groups: int = 1) -> Assignment:
+    """Intrinsic channels and the ghost slot of every other channel for cost matrix ``E`` (n x n)."""
+    E = E.detach().double().clone().clamp(0.0, 1.0)
+    E.fill_diagonal_(0.0)
+    per_old, quota = n // groups, m // groups
+    group_of = [o // per_old for o in range(n)]
+    chosen = _greedy_intrinsics(E, m, s, group_of, quota)
+    chosen.sort(key=lambda o: (group_of[o], o))  # primary filter k must read group k // quota
+    caps = slot_capacities(n, m, s)
+    owner = _assign(E, chosen, caps, n)
+    _improve_swaps(E, chosen, owner)
+    used = [0] * m
+    ghost_of: dict[int, tuple[int, int]] = {}
+    for o in sorted(owner):
+        k = owner[o]
+        ghost_of[o] = (k, k * (s - 1) + used[k])
+        used[k] += 1
+    return Assignment(intrinsic=chosen, ghost_of=ghost_of)

@@ -1,0 +1,488 @@
+"""Every bad input to the CLI: exit code 2, exactly one line on stderr, no traceback (issue 6).
+
+Most tests call ``ghostify.cli.main([...])`` in-process (fast); two run the installed console
+script in a subprocess, the faithful check of "one line on stderr".
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+import zipfile
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from ghostify.cli import main
+
+MODELS_SRC = textwrap.dedent("""
+    import torch
+    from torch import nn
+
+    def small():  # stem conv + one convertible conv
+        return nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+                             nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),
+                             nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10))
+
+    def fixed_size():  # a flatten -> linear head: only 3x8x8 inputs fit
+        return nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 8, 3, padding=1),
+                             nn.Flatten(), nn.Linear(8 * 8 * 8, 10))
+
+    def stem_only():  # the only convolution is the stem: the default policy converts nothing
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 2))
+
+    def no_conv():
+        return nn.Sequential(nn.Flatten(), nn.Linear(12, 2))
+
+    def not_a_module():
+        return 42
+
+    def broken():
+        raise ValueError("boom")
+""")
+
+REPO = Path(__file__).resolve().parents[1]
+GHOSTIFY = REPO / ".venv" / "bin" / "ghostify"
+
+
+@pytest.fixture(scope="module")
+def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    d = tmp_path_factory.mktemp("cli_models")
+    (d / "cli_err_models.py").write_text(MODELS_SRC)
+    sys.path.insert(0, str(d))
+    yield d
+    sys.path.remove(str(d))
+
+
+@pytest.fixture(scope="module")
+def small_pt(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    import cli_err_models
+
+    path = tmp_path_factory.mktemp("pt") / "small.pt"
+    torch.save(cli_err_models.small(), path)
+    return path
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    rc = main(list(args))
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def assert_one_line_error(rc: int, err: str, *needles: str) -> None:
+    assert rc == 2, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1, err
+    assert lines[0].startswith("ghostify: error: "), err
+    assert "Traceback" not in err
+    for needle in needles:
+        assert needle.lower() in lines[0].lower(), (needle, lines[0])
+
+
+def files_in(d: Path) -> set[str]:
+    return {p.name for p in d.iterdir()}
+
+
+# -- files ---------------------------------------------------------------------------------------
+def test_missing_file(capsys, tmp_path):
+    rc, _, err = run_cli(capsys, "convert", str(tmp_path / "nothere.pt"))
+    assert_one_line_error(rc, err, "no such file")
+
+
+def test_directory_instead_of_file(capsys, tmp_path):
+    d = tmp_path / "adir.pt"
+    d.mkdir()
+    rc, _, err = run_cli(capsys, "convert", str(d))
+    assert_one_line_error(rc, err, "directory")
+
+
+def test_unreadable_file(capsys, tmp_path, monkeypatch, small_pt):
+    # root reads anything, so simulate EACCES where the file is read
+    path = tmp_path / "locked.pt"
+    path.write_bytes(small_pt.read_bytes())
+    real = Path.read_bytes
+
+    def deny(self: Path) -> bytes:
+        if self.name == "locked.pt":
+            raise PermissionError(13, "Permission denied", str(self))
+        return real(self)
+
+    monkeypatch.setattr(Path, "read_bytes", deny)
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "permission denied")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read a chmod 000 file")
+def test_unreadable_file_chmod(capsys, tmp_path, small_pt):
+    path = tmp_path / "locked.pt"
+    path.write_bytes(small_pt.read_bytes())
+    path.chmod(0)
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "permission denied")
+
+
+def test_empty_file(capsys, tmp_path):
+    path = tmp_path / "empty.pt"
+    path.write_bytes(b"")
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "empty")
+
+
+@pytest.mark.parametrize("fraction", [0.01, 0.5, 0.99])
+def test_truncated_file(capsys, tmp_path, small_pt, fraction):
+    data = small_pt.read_bytes()
+    path = tmp_path / "cut.pt"
+    path.write_bytes(data[: max(1, int(len(data) * fraction))])
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "not a")
+
+
+@pytest.mark.parametrize("suffix", [".pt", ".pth", ".pt2", ".ghost", ".bin"])
+def test_garbage_file(capsys, tmp_path, suffix):
+    path = tmp_path / f"garbage{suffix}"
+    path.write_bytes(os.urandom(4096))
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "not a")
+
+
+def test_garbage_zip_named_ghost(capsys, tmp_path):
+    path = tmp_path / "fake.ghost"
+    with zipfile.ZipFile(path, "w") as zf:
+        zf.writestr("hello.txt", "not an archive")
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "not a ghostify archive")
+
+
+def test_truncated_ghost_archive(capsys, tmp_path, models_dir):
+    out = tmp_path / "m.ghost"
+    rc, _, _ = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out", str(out),
+                       "--no-layers")
+    assert rc == 0
+    cut = tmp_path / "cut.ghost"
+    cut.write_bytes(out.read_bytes()[:-200])
+    rc, _, err = run_cli(capsys, "convert", str(cut))
+    assert_one_line_error(rc, err)
+
+
+def test_torchscript_file_is_explained(capsys, tmp_path, models_dir):
+    import cli_err_models
+
+    path = tmp_path / "scripted.pt"
+    torch.jit.save(torch.jit.script(cli_err_models.small()), str(path))
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "TorchScript", "torch.fx cannot trace")
+
+
+def test_state_dict_without_arch(capsys, tmp_path, models_dir):
+    import cli_err_models
+
+    path = tmp_path / "weights.pth"
+    torch.save(cli_err_models.small().state_dict(), path)
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "--arch")
+
+
+def test_state_dict_wrong_arch(capsys, tmp_path, models_dir):
+    import cli_err_models
+
+    path = tmp_path / "weights.pth"
+    torch.save(cli_err_models.small().state_dict(), path)
+    rc, _, err = run_cli(capsys, "convert", str(path), "--arch", "cli_err_models:fixed_size")
+    assert_one_line_error(rc, err, "does not fit")
+
+
+# -- model names -----------------------------------------------------------------------------------
+@pytest.mark.parametrize("spec, needles", [
+    ("torchvision:resnet19", ["unknown torchvision model", "did you mean", "resnet18"]),
+    ("timm:resnet5O", ["unknown timm model", "did you mean", "resnet50"]),
+    ("ghostify:nosuchmodel", ["unknown ghostify model"]),
+    ("no_such_package_xyz:factory", ["cannot import"]),
+    ("cli_err_models:nope", ["no attribute"]),
+    ("cli_err_models:not_a_module", ["did not give a torch.nn.Module"]),
+    ("justaword", ["cannot read model spec"]),
+    ("   ", ["empty model spec"]),
+])
+def test_unknown_model_names(capsys, models_dir, spec, needles):
+    rc, _, err = run_cli(capsys, "convert", spec)
+    assert_one_line_error(rc, err, *needles)
+
+
+def test_factory_raising_is_not_a_traceback(capsys, models_dir):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:broken")
+    assert_one_line_error(rc, err, "ValueError: boom")  # the user's factory crashed; --debug shows where
+
+
+# -- s and d -----------------------------------------------------------------------------------------
+@pytest.mark.parametrize("flags, needle", [
+    (["--s", "0"], "ratio s must be an integer >= 1"),
+    (["--s", "-3"], "ratio s must be an integer >= 1"),
+    (["--s", "1.5"], "--s"),
+    (["--s", "two"], "--s"),
+    (["--d", "0"], "cheap kernel d must be an integer >= 1"),
+    (["--d", "-1"], "cheap kernel d must be an integer >= 1"),
+    (["--d", "2"], "must be odd"),
+    (["--d", "4"], "must be odd"),
+    (["--d", "2.5"], "--d"),
+])
+@pytest.mark.parametrize("command", ["convert", "analyze"])
+def test_bad_s_and_d(capsys, models_dir, command, flags, needle):
+    rc, _, err = run_cli(capsys, command, "cli_err_models:small", "--input-size", "3,16,16", *flags)
+    assert_one_line_error(rc, err, needle)
+
+
+# -- input size ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", ["3,abc,8", "3,8", "0,8,8", "3,8,8,8", "-1,8,8", ""])
+def test_malformed_input_size(capsys, models_dir, size):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", size)
+    assert_one_line_error(rc, err, "--input-size")
+
+
+def test_input_size_the_model_rejects(capsys, models_dir, tmp_path):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:fixed_size", "--input-size", "3,16,16",
+                         "--out", str(tmp_path / "x.ghost"))
+    assert_one_line_error(rc, err, "rejected an input of size (3, 16, 16)", "--input-size")
+    assert not (tmp_path / "x.ghost").exists()
+
+
+def test_input_channels_the_model_rejects_says_what_it_expects(capsys, models_dir, tmp_path):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "1,16,16",
+                         "--out", str(tmp_path / "x.ghost"))
+    assert_one_line_error(rc, err, "rejected", "expects C=3")
+
+
+# -- nothing to convert --------------------------------------------------------------------------------
+def test_nothing_to_convert_warns_and_exits_0(capsys, models_dir, tmp_path):
+    out = tmp_path / "x.ghost"
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:stem_only", "--input-size", "3,8,8", "--out", str(out))
+    assert rc == 0
+    assert "warning" in err and "no convolution was converted" in err
+    assert not out.exists()
+
+
+def test_nothing_to_convert_strict_exits_2(capsys, models_dir, tmp_path):
+    out = tmp_path / "x.ghost"
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:stem_only", "--input-size", "3,8,8", "--out", str(out),
+                         "--strict")
+    assert_one_line_error(rc, err, "no convolution was converted")
+    assert not out.exists()
+
+
+def test_model_without_any_convolution(capsys, models_dir):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:no_conv", "--input-size", "3,2,2")
+    assert_one_line_error(rc, err, "no nn.Conv2d")
+
+
+# -- outputs --------------------------------------------------------------------------------------
+@pytest.mark.parametrize("force", [False, True])
+def test_output_equal_to_input_never_overwrites(capsys, small_pt, force):
+    before = small_pt.read_bytes()
+    args = ["convert", str(small_pt), "--input-size", "3,16,16", "--out", str(small_pt)]
+    rc, _, err = run_cli(capsys, *args, *(["--force"] if force else []))
+    assert_one_line_error(rc, err, "is the input file")
+    assert small_pt.read_bytes() == before
+
+
+def test_json_equal_to_input_never_overwrites(capsys, small_pt, tmp_path):
+    before = small_pt.read_bytes()
+    rc, _, err = run_cli(capsys, "convert", str(small_pt), "--input-size", "3,16,16", "--out",
+                         str(tmp_path / "o.ghost"), "--json", str(small_pt), "--force")
+    assert_one_line_error(rc, err, "is the input file")
+    assert small_pt.read_bytes() == before
+    assert not (tmp_path / "o.ghost").exists()
+
+
+def test_existing_output_needs_force(capsys, models_dir, tmp_path):
+    out = tmp_path / "o.ghost"
+    out.write_bytes(b"precious")
+    args = ["convert", "cli_err_models:small", "--input-size", "3,16,16", "--out", str(out), "--no-layers"]
+    rc, _, err = run_cli(capsys, *args)
+    assert_one_line_error(rc, err, "already exists", "--force")
+    assert out.read_bytes() == b"precious"
+    rc, _, err = run_cli(capsys, *args, "--force")
+    assert rc == 0, err
+    assert zipfile.is_zipfile(out)
+
+
+def test_input_file_is_never_modified(capsys, small_pt, tmp_path):
+    before, mtime = small_pt.read_bytes(), small_pt.stat().st_mtime_ns
+    rc, _, err = run_cli(capsys, "convert", str(small_pt), "--input-size", "3,16,16", "--out",
+                         str(tmp_path / "o.ghost"), "--json", str(tmp_path / "r.json"), "--no-layers")
+    assert rc == 0, err
+    assert small_pt.read_bytes() == before and small_pt.stat().st_mtime_ns == mtime
+
+
+def test_output_directory_missing(capsys, models_dir, tmp_path):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out",
+                         str(tmp_path / "no" / "such" / "o.ghost"))
+    assert_one_line_error(rc, err, "does not exist")
+
+
+def test_output_directory_is_a_file(capsys, models_dir, tmp_path):
+    (tmp_path / "afile").write_text("x")
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out",
+                         str(tmp_path / "afile" / "o.ghost"))
+    assert_one_line_error(rc, err, "not a directory")
+
+
+def test_output_is_a_directory(capsys, models_dir, tmp_path):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out",
+                         str(tmp_path))
+    assert_one_line_error(rc, err, "is a directory")
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only directory")
+def test_output_directory_read_only(capsys, models_dir, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o555)
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out",
+                         str(ro / "o.ghost"))
+    assert_one_line_error(rc, err, "not writable")
+
+
+def test_output_directory_unwritable_at_write_time(capsys, models_dir, tmp_path, monkeypatch):
+    # the directory check passes (root), then creating the temp file fails like EACCES would
+    import tempfile
+
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    out = tmp_path / "o.ghost"
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out", str(out),
+                         "--no-layers")
+    assert_one_line_error(rc, err, "cannot write", "permission denied")
+    assert files_in(tmp_path) == set()
+
+
+@pytest.mark.parametrize("fail_at", ["fsync", "replace"])
+def test_failed_write_leaves_nothing_half_written(capsys, models_dir, tmp_path, monkeypatch, fail_at):
+    def fail(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, fail_at, fail)
+    out = tmp_path / "o.ghost"
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out", str(out),
+                         "--no-layers")
+    assert_one_line_error(rc, err, "cannot write", "no space left")
+    assert files_in(tmp_path) == set()  # neither the archive nor its temporary file
+
+
+def test_interrupted_write_leaves_nothing(models_dir, tmp_path, monkeypatch):
+    from ghostify.io.archive import atomic_write
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(os, "replace", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        atomic_write(tmp_path / "o.bin", b"x" * 1000)
+    assert files_in(tmp_path) == set()
+
+
+def test_debug_shows_the_traceback(models_dir):
+    from ghostify.errors import GhostifyError
+
+    with pytest.raises(GhostifyError):
+        main(["--debug", "convert", "torchvision:resnet19"])
+
+
+# -- safe loading through the CLI ---------------------------------------------------------------------
+class _Trap:
+    def __init__(self, marker: str) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+def test_booby_trapped_pickle_runs_nothing(capsys, tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "trap.pt"
+    torch.save({"model": _Trap(str(marker))}, path)
+    rc, _, err = run_cli(capsys, "convert", str(path))
+    assert_one_line_error(rc, err, "posix.system", "--trust")
+    assert not marker.exists()
+
+
+def test_torch_saved_resnet18_converts_without_trust(capsys, tmp_path):
+    import torchvision
+
+    path = tmp_path / "resnet18.pt"
+    torch.save(torchvision.models.resnet18(weights=None), path)
+    before = path.read_bytes()
+    out = tmp_path / "r18.ghost"
+    rc, _, err = run_cli(capsys, "convert", str(path), "--input-size", "3,64,64", "--out", str(out), "--no-layers")
+    assert rc == 0, err
+    assert path.read_bytes() == before
+    import ghostify
+
+    model = ghostify.load(out)
+    assert model(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+    assert any(isinstance(m, ghostify.GhostModule) for m in model.modules())
+
+
+# -- the real console script (slow: each start imports torch) ------------------------------------------
+def _script(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    exe = [str(GHOSTIFY)] if GHOSTIFY.exists() else [sys.executable, "-m", "ghostify"]
+    return subprocess.run([*exe, *args], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_subprocess_booby_trap_exits_2_one_line(tmp_path):
+    marker = tmp_path / "PWNED"
+    path = tmp_path / "trap.pt"
+    torch.save(_Trap(str(marker)), path)
+    before = path.read_bytes()
+    proc = _script("convert", str(path), cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert len(proc.stderr.strip().splitlines()) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert "refused" in proc.stderr and "--trust" in proc.stderr
+    assert not marker.exists()
+    assert path.read_bytes() == before
+    assert files_in(tmp_path) == {"trap.pt"}  # nothing written
+
+
+def test_subprocess_bad_ratio_exits_2_one_line(tmp_path):
+    proc = _script("convert", "torchvision:resnet18", "--s", "0", cwd=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == ["ghostify: error: ratio s must be an integer >= 1, got 0"]
+    assert proc.stdout == ""
+
+
+def test_nn_module_subclass_needs_trust(capsys, tmp_path, models_dir):
+    # a class outside torch/torchvision/timm/ghostify: refused by default, loaded with --trust
+    path = tmp_path / "custom.pt"
+    src = tmp_path / "custom_net_mod.py"
+    src.write_text("from torch import nn\nclass Net(nn.Sequential):\n    pass\n")
+    sys.path.insert(0, str(tmp_path))
+    try:
+        import custom_net_mod
+
+        net = custom_net_mod.Net(nn.Conv2d(3, 8, 3), nn.ReLU(), nn.Conv2d(8, 16, 3), nn.ReLU())
+        torch.save(net, path)
+        rc, _, err = run_cli(capsys, "convert", str(path), "--input-size", "3,16,16", "--out",
+                             str(tmp_path / "o.ghost"))
+        assert_one_line_error(rc, err, "custom_net_mod.Net", "--trust")
+        rc, _, err = run_cli(capsys, "convert", str(path), "--input-size", "3,16,16", "--out",
+                             str(tmp_path / "o.ghost"), "--trust", "--no-layers")
+        assert rc == 0, err
+    finally:
+        sys.path.remove(str(tmp_path))
+
+
+@pytest.mark.parametrize("sweep", [[], ["--sweep-s", "2,3"]])
+def test_analyze_input_size_the_model_rejects(capsys, models_dir, sweep):
+    rc, _, err = run_cli(capsys, "analyze", "cli_err_models:small", "--input-size", "1,16,16", *sweep)
+    assert_one_line_error(rc, err, "rejected", "expects C=3")
+
+
+def test_analyze_json_never_overwrites_the_model_file(capsys, small_pt):
+    before = small_pt.read_bytes()
+    rc, _, err = run_cli(capsys, "analyze", str(small_pt), "--input-size", "3,16,16", "--json", str(small_pt),
+                         "--force")
+    assert_one_line_error(rc, err, "is the input file")
+    assert small_pt.read_bytes() == before
