@@ -8,8 +8,9 @@ from ghostify.io.specs import load_model
 from ghostify.layers.ghost import GhostModule
 from ghostify.plan import ConversionPlan, LayerPlan, get_plan
 from ghostify.policy import GhostConfig
+from ghostify.report import build_report
 
 __version__ = "0.1.0"
 
 __all__ = ["convert", "load", "save", "load_model", "GhostConfig", "GhostModule", "GhostifyError",
-           "ConversionPlan", "LayerPlan", "get_plan", "deploy", "__version__"]
+           "ConversionPlan", "LayerPlan", "get_plan", "deploy", "build_report", "__version__"]

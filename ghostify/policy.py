@@ -120,8 +120,8 @@ class GhostConfig:
         if self.keep_depthwise and groups > 1 and groups == in_channels:
             return LayerDecision(name, False, s, d, "depthwise convolution: already as cheap as a ghost")
         if self.keep_stem and is_stem:
-            return LayerDecision(name, False, s, d, "stem: reads the input image (kept by default, as the "
-                                                    "authors' ResNet code; --convert-stem)")
+            reason = "stem reading the input image (kept by default, as in the authors' code)"
+            return LayerDecision(name, False, s, d, reason)
         for glob, setting in self.overrides.items():
             if fnmatch.fnmatchcase(name, glob):
                 s, d = setting.get("s", s), setting.get("d", d)

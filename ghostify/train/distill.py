@@ -307,8 +307,12 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
         if dev.type == "cuda":
             model = nn.SyncBatchNorm.convert_sync_batchnorm(student)
             student = model
-        model = nn.parallel.DistributedDataParallel(
-            student, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
+        import warnings
+
+        with warnings.catch_warnings():  # rank-local BN buffers are intended; newer torch warns about the flag
+            warnings.simplefilter("ignore", FutureWarning)
+            model = nn.parallel.DistributedDataParallel(
+                student, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
     params = [p for p in student.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
