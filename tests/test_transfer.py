@@ -12,15 +12,6 @@ from ghostify.transfer import as_calibration_tensor, transfer_init
 from ghostify.transfer.assign import choose, slot_capacities
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    # two cores shared by many processes: intra-op threads only fight each other (5x slower)
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 @torch.no_grad()
 def _rel(y: torch.Tensor, y0: torch.Tensor) -> float:
     return float(((y - y0) ** 2).sum() / ((y0 - y0.mean(0)) ** 2).sum())

@@ -13,12 +13,13 @@ for every model made of modules (the result says which counter ran).
 from __future__ import annotations
 
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
-__all__ = ["MacCount", "count_macs", "count_params", "CONVENTION"]
+__all__ = ["MacCount", "count_macs", "count_params", "forward_with_hooks", "CONVENTION"]
 
 CONVENTION = ("FLOPs = multiply-accumulates (MACs) of convolution and linear layers, as the paper "
               "counts them; BatchNorm folded, activations/pooling/additions free")
@@ -71,7 +72,6 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
 def _count_hooks(model: nn.Module, x: torch.Tensor) -> MacCount:
     """Conv2d / Linear MACs from output shapes (used when jit tracing fails)."""
     own: dict[str, int] = {}
-    handles = []
 
     def hook(name: str):
         def fn(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
@@ -82,15 +82,8 @@ def _count_hooks(model: nn.Module, x: torch.Tensor) -> MacCount:
                 own[name] = own.get(name, 0) + out.numel() // out.shape[0] * mod.in_features
         return fn
 
-    for name, mod in model.named_modules():
-        if isinstance(mod, (nn.Conv2d, nn.Linear)):
-            handles.append(mod.register_forward_hook(hook(name)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, x, {name: hook(name) for name, mod in model.named_modules()
+                                  if isinstance(mod, (nn.Conv2d, nn.Linear))})
     by_module: dict[str, int] = {"": 0}
     for name, macs in own.items():
         parts = name.split(".")
@@ -98,6 +91,18 @@ def _count_hooks(model: nn.Module, x: torch.Tensor) -> MacCount:
             key = ".".join(parts[:i])
             by_module[key] = by_module.get(key, 0) + macs
     return MacCount(total=by_module[""], by_module=by_module, counter="hooks")
+
+
+def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict[str, Callable[..., None]]) -> None:
+    """One no-grad forward pass with forward hooks on the named submodules, removed afterwards."""
+    modules = dict(model.named_modules())
+    handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def count_macs(model: nn.Module, x: torch.Tensor) -> MacCount:

@@ -19,7 +19,7 @@ from ghostify.errors import GhostifyError
 from ghostify.fx.lift import is_exported_graph, lift_exported
 from ghostify.plan import ConversionPlan, get_plan
 from ghostify.policy import theoretical_compression, theoretical_speedup
-from ghostify.report.counting import CONVENTION, count_macs, count_params
+from ghostify.report.counting import CONVENTION, count_macs, count_params, forward_with_hooks
 
 __all__ = ["Report", "LayerRow", "build_report", "SCHEMA", "GPU_NOTE"]
 
@@ -95,22 +95,13 @@ class Report:
 def _output_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, list[int]]:
     wanted = set(names)
     shapes: dict[str, list[int]] = {}
-    handles = []
 
     def record(name: str):
         def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             shapes.setdefault(name, list(out.shape[-2:]))
         return hook
 
-    for name, mod in model.named_modules():
-        if name in wanted:
-            handles.append(mod.register_forward_hook(record(name)))
-    try:
-        with torch.no_grad():
-            model(x)
-    finally:
-        for h in handles:
-            h.remove()
+    forward_with_hooks(model, x, {name: record(name) for name, _ in model.named_modules() if name in wanted})
     return shapes
 
 
