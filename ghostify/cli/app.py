@@ -6,8 +6,11 @@ Exit codes: 0 success; 1 a gate or parity check failed (``check``, ``export``); 
 
 from __future__ import annotations
 
+import json
 import sys
 from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
 import typer
 from rich.console import Console
@@ -52,6 +55,17 @@ def _root(
                                            help="Print the version and exit."),
 ) -> None:
     """ghostify: convert, analyze, export, benchmark and gate Ghost models."""
+
+
+def write_json(path: Path, data: str | dict[str, Any]) -> None:
+    """A report as JSON: to stdout for ``-``, else atomically to ``path``."""
+    from ghostify.io.archive import atomic_write
+
+    text = data if isinstance(data, str) else json.dumps(data, indent=2, default=str)
+    if str(path) == "-":
+        console.print_json(text)
+    else:
+        atomic_write(path, text + "\n")
 
 
 def error(message: str) -> None:

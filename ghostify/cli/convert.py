@@ -10,7 +10,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ghostify.cli.app import app, console, err_console
+from ghostify.cli.app import app, console, err_console, write_json
 from ghostify.errors import GhostifyError, NothingToConvertError
 from ghostify.policy import GhostConfig
 
@@ -120,7 +120,7 @@ def convert(
         save(ghost, out, source, loaded.input_size, force=force, inputs=inputs,
              extra={"totals": report.totals, "output_shape": list(y1.shape)})
     if json_path is not None:
-        _write_json(json_path, report.to_json())
+        write_json(json_path, report.to_json())
     console.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
                   + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
 
@@ -136,15 +136,6 @@ def _with_input_hint(model: Any, run: Callable[[], Any]) -> Any:
         if hint is None:
             raise
         raise GhostifyError(f"{exc} (the model expects {hint})") from exc
-
-
-def _write_json(path: Path, text: str) -> None:
-    from ghostify.io.archive import atomic_write
-
-    if str(path) == "-":
-        console.print_json(text)
-    else:
-        atomic_write(path, text + "\n")
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:
@@ -200,7 +191,7 @@ def analyze(
             report = build_report(loaded.model, ghost, loaded.input_size, spec, target)
         render_report(report, console, layers=layers)
         if json_path is not None:
-            _write_json(json_path, report.to_json())
+            write_json(json_path, report.to_json())
         return
 
     settings = [(v, d) for v in ss] + [(s, v) for v in ds]
@@ -228,6 +219,6 @@ def analyze(
                       f"{r['measured_compression']:.2f}")
     console.print(table)
     if json_path is not None:
-        _write_json(json_path, json.dumps({"schema": "ghostify.sweep/1", "kind": "sweep", "model": spec,
+        write_json(json_path, json.dumps({"schema": "ghostify.sweep/1", "kind": "sweep", "model": spec,
                                            "input_size": list(loaded.input_size), "params_before": base_params,
                                            "macs_before": base_macs, "rows": rows}, indent=2))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import shlex
 from pathlib import Path
 from typing import Any
@@ -10,7 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ghostify.cli.app import app, console, err_console, error
+from ghostify.cli.app import app, console, err_console, error, write_json
 from ghostify.errors import GhostifyError
 
 
@@ -29,16 +28,6 @@ def _command_line(ctx: typer.Context) -> str:
             for v in value if isinstance(value, (list, tuple)) else [value]:
                 words += [param.opts[0], str(v)]
     return " ".join(shlex.quote(w) for w in words)
-
-
-def _write_json(path: Path, data: dict[str, Any]) -> None:
-    from ghostify.io.archive import atomic_write
-
-    text = json.dumps(data, indent=2, default=str)
-    if str(path) == "-":
-        console.print_json(text)
-    else:
-        atomic_write(path, text + "\n")
 
 
 @app.command()
@@ -89,7 +78,7 @@ def export(
                              deploy=deploy, check=check, rtol=rtol, exporter=exporter, keep_failed=keep_failed)
     data = {"kind": "export", "command": _command_line(ctx), "spec": spec, **result.to_dict()}
     if json_path is not None:
-        _write_json(json_path, data)
+        write_json(json_path, data)
     err = "" if result.max_rel_error is None else (f"max rel error {result.max_rel_error:.2e} (abs "
                                                     f"{result.max_abs_error:.2e}, rtol {result.rtol:g})")
     if result.fallback_reason:
@@ -162,7 +151,7 @@ def bench(
     if device == "cuda":
         err_console.print(f"[yellow]note:[/] {GPU_NOTE}")
     if json_path is not None:
-        _write_json(json_path, result)
+        write_json(json_path, result)
 
 
 def _render(result: dict[str, Any]) -> None:
