@@ -386,6 +386,8 @@ def convert(
         config.exclude = list(exclude)
     if not isinstance(model, nn.Module):
         raise GhostifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if inplace and init == "transfer":  # transfer reads the original convolutions after the rewrite
+        raise GhostifyError("init='transfer' needs the original model intact; use inplace=False")
 
     original = model
     work = model if inplace else copy.deepcopy(model)
