@@ -33,7 +33,8 @@ class LayerPlan:
     fused: list[str] = field(default_factory=list)  # names of the norm/act folded in
     note: str | None = None  # a caveat on a converted layer (e.g. "called twice: not fused")
     # transfer init (ghostify.transfer): relative MSE reached, and where it was measured:
-    # "calibration" (on the layer's output maps) or "weights" (data-free, on the filters)
+    # "calibration" (on the layer's output maps), "synthetic" (the same, on inputs distilled from
+    # BatchNorm statistics) or "weights" (data-free, on the filters)
     transfer_error: float | None = None
     transfer_fit: str | None = None
 

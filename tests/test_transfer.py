@@ -144,3 +144,31 @@ def test_calibration_inputs_and_errors():
         as_calibration_tensor(torch.zeros(4, 3, 8, 8, dtype=torch.uint8))
     with pytest.raises(ghostify.GhostifyError):
         ghostify.convert(_net(), s=2, init="transfer", calibration_data=torch.randn(4, 5, 12, 12))
+
+
+def test_data_free_with_input_size_fits_on_inputs_distilled_from_batchnorm():
+    from ghostify.transfer.synthetic import synthesize_inputs
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU())
+    with torch.no_grad():  # BatchNorm statistics that plain noise does not have
+        model[1].running_mean.uniform_(-1, 1)
+        model[1].running_var.uniform_(0.5, 2)
+    model.eval()
+
+    def mismatch(x: torch.Tensor) -> float:
+        a = model[0](x)
+        return float((a.mean((0, 2, 3)) - model[1].running_mean).pow(2).mean())
+
+    noise = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    distilled = synthesize_inputs(model, (3, 8, 8), samples=16, steps=200)
+    assert distilled.shape == (16, 3, 8, 8)
+    assert mismatch(distilled) < 0.2 * mismatch(noise)
+    assert all(p.requires_grad for p in model.parameters())  # the model is left as it was
+
+    ghost = ghostify.convert(model, s=2, d=3, init="transfer", input_size=(3, 8, 8))
+    fits = {layer.transfer_fit for layer in ghostify.get_plan(ghost).converted}
+    assert fits == {"synthetic"}
+    without = ghostify.convert(model, s=2, d=3, init="transfer")  # no input size: weight-space fit
+    assert {layer.transfer_fit for layer in ghostify.get_plan(without).converted} == {"weights"}

@@ -70,7 +70,9 @@ def convert(
     init: str = typer.Option("random", "--init", help="random (train from scratch) or transfer (start from the "
                              "original weights; see docs/transfer.md)."),
     calib: str | None = typer.Option(None, "--calib", help="Unlabeled calibration DATA for --init transfer "
-                                     "(fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR); data-free without it."),
+                                     "(fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR), or 'synthetic' for inputs "
+                                     "distilled from the model's BatchNorm statistics (no data; slow on big "
+                                     "models); without it, a weight-space fit."),
     calib_samples: int = typer.Option(256, "--calib-samples", help="How many calibration images to use."),
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
@@ -90,16 +92,18 @@ def convert(
     if json_path is not None and str(json_path) != "-":
         check_output_path(json_path, inputs + [out], force)
     calibration = None
-    if calib is not None:
-        if init != "transfer":
-            raise GhostifyError("--calib is used by --init transfer only")
+    if calib is not None and init != "transfer":
+        raise GhostifyError("--calib is used by --init transfer only")
+    synthetic = calib == "synthetic"
+    if calib is not None and not synthetic:
         from ghostify.data_specs import load_data
 
         with err_console.status(f"reading {calib_samples} calibration images from {calib}"):
             calibration = load_data(calib, train=True, model=loaded.model, input_size=loaded.input_size,
                                     max_samples=calib_samples).images
     with err_console.status(f"converting {spec} (s={s}, d={d}, init={init})"):
-        ghost = ghostify.convert(loaded.model, config=config, strict=False, init=init, calibration_data=calibration)
+        ghost = ghostify.convert(loaded.model, config=config, strict=False, init=init, calibration_data=calibration,
+                                 input_size=loaded.input_size if synthetic else None)
     plan = ghostify.get_plan(ghost)
     if not plan.converted:
         message = "no convolution was converted (see the reasons above); no output written"

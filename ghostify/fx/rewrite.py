@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import copy
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
@@ -358,6 +358,7 @@ def convert(
     exclude: Iterable[str] | None = None,
     init: str = "random",
     calibration_data: Any = None,
+    input_size: Sequence[int] | None = None,
     strict: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -370,6 +371,8 @@ def convert(
         init: ``"random"`` (fresh weights, the paper trains from scratch) or ``"transfer"``
             (start each Ghost module from the convolution it replaces; see ghostify.transfer).
         calibration_data: unlabeled inputs for ``init="transfer"`` (data-aware fit).
+        input_size: (C, H, W) of one input; with ``init="transfer"`` and no calibration data,
+            the fit runs on inputs distilled from the model's BatchNorm statistics.
         strict: raise :class:`NothingToConvertError` when no convolution converts.
         inplace: rewrite ``model`` itself (module-swap mode only; fx always builds a new module).
 
@@ -425,7 +428,7 @@ def convert(
     else:
         from ghostify.transfer import transfer_init
 
-        transfer_init(original, gm, plan, calibration_data=calibration_data)
+        transfer_init(original, gm, plan, calibration_data=calibration_data, input_size=input_size)
     gm.train(original.training)
     setattr(gm, PLAN_ATTR, plan)
     return gm

@@ -21,7 +21,7 @@ was measured on calibration maps or, data-free, on the filters in weight space).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import torch
@@ -41,6 +41,7 @@ from ghostify.transfer.fit import (
     relative_mse,
     weight_space_fit,
 )
+from ghostify.transfer.synthetic import has_batchnorm, synthesize_inputs
 
 __all__ = ["transfer_init", "as_calibration_tensor", "DEFAULT_CALIB_SAMPLES"]
 
@@ -213,6 +214,9 @@ def transfer_init(
     lr: float = 1e-3,
     batch_size: int = 32,
     seed: int = 0,
+    input_size: Sequence[int] | None = None,
+    synthetic_samples: int = 256,
+    synthetic_steps: int = 300,
 ) -> None:
     """Fill every converted Ghost module from the original convolution (in place).
 
@@ -225,10 +229,18 @@ def transfer_init(
         max_samples: use at most this many calibration inputs.
         refine_steps, lr, batch_size: the joint refinement of each layer (Adam; 0 disables it).
         seed: for the refinement's mini-batches.
+        input_size: (C, H, W). Without calibration data and with BatchNorm in the model, the fit
+            runs on ``synthetic_samples`` inputs distilled from the BatchNorm statistics
+            (:mod:`ghostify.transfer.synthetic`, ``synthetic_steps`` Adam steps); without
+            ``input_size`` (or BatchNorm) it falls back to the weight-space fit.
     """
     if original is converted:
         raise GhostifyError("transfer init needs the original model: convert with inplace=False")
     X0 = as_calibration_tensor(calibration_data, max_samples)
+    fit_label = "calibration"
+    if X0 is None and input_size is not None and has_batchnorm(original):
+        X0 = synthesize_inputs(original, input_size, synthetic_samples, synthetic_steps, seed=seed)
+        fit_label = "synthetic"
     ghosts = {name: mod for name, mod in converted.named_modules() if isinstance(mod, GhostModule)}
     p = next(converted.parameters(), None)
     device = p.device if p is not None else torch.device("cpu")
@@ -255,7 +267,7 @@ def transfer_init(
             else:
                 err = _fit_data_aware(ghost, parts, Xin, Z, refine_steps, lr, batch_size, seed)
                 layer.transfer_error = round(err, 6)
-                layer.transfer_fit = "calibration"
+                layer.transfer_fit = fit_label
     finally:
         original.train(modes[0])
         converted.train(modes[1])
