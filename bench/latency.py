@@ -12,11 +12,15 @@ Stages (``--only``, default all; each updates its key in the JSON):
   GhostNet-1.0 (``ghostify:ghostnet_100``) vs MobileNetV3-Large (``timm:mobilenetv3_large_100``).
 * ``ghostnet``: our GhostNet-1.0 exported by ghostify vs timm's ``ghostnet_100`` exported by plain
   ``torch.onnx.export`` (the bar: ours is no slower).
+* ``ceiling``: what the bar can reach at best on this CPU. ResNet-50, its s=2 d=3 deployment form,
+  and that form with every depthwise convolution (the cheap operations, and the identity 1x1s that
+  carry the residual Add) cut out of the ONNX graph, timed three-way interleaved. The third
+  model computes the wrong function; it only shows what the dense convolutions alone cost.
 * ``bar``: ResNet-50 s=2 d=3 through the CLI (``ghostify convert``, ``ghostify export`` on both
   models), timed by ``ghostify bench`` and by the independent ``bench/ort_harness.py`` at 1 and
   2 threads.
 
-    python bench/latency.py [--runs 40] [--warmup 5] [--threads 1] [--only table,ghostnet,bar]
+    python bench/latency.py [--runs 40] [--warmup 5] [--threads 1] [--only table,ghostnet,ceiling,bar]
 """
 
 from __future__ import annotations
@@ -207,6 +211,82 @@ def stage_bar(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+def strip_depthwise(src: Path, dst: Path) -> int:
+    """Copy ``src`` without its depthwise Conv nodes (and the Add/Relu chained onto each).
+
+    Each removed chain's output is rewired to the depthwise conv's input (same shape: the cheap
+    operation is stride 1, m -> m channels). Returns how many depthwise convs were removed.
+    """
+    import onnx
+
+    m = onnx.load(str(src))
+    g = m.graph
+    channels = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 4}
+    consumers: dict[str, list[Any]] = {}
+    for n in g.node:
+        for i in n.input:
+            consumers.setdefault(i, []).append(n)
+    drop, rename, removed = set(), {}, 0
+    for n in g.node:
+        if n.op_type != "Conv":
+            continue
+        group = next((a.i for a in n.attribute if a.name == "group"), 1)
+        if group <= 1 or group != channels.get(n.input[1]):
+            continue
+        removed += 1
+        chain, out = [n], n.output[0]
+        for op in ("Add", "Relu"):
+            nxt = consumers.get(out, [])
+            if len(nxt) == 1 and nxt[0].op_type == op:
+                chain.append(nxt[0])
+                out = nxt[0].output[0]
+        drop.update(id(c) for c in chain)
+        rename[out] = n.input[0]
+    keep = [n for n in g.node if id(n) not in drop]
+
+    def resolve(name: str) -> str:
+        while name in rename:
+            name = rename[name]
+        return name
+
+    for n in keep:
+        for k, i in enumerate(n.input):
+            n.input[k] = resolve(i)
+    graph_outputs = {o.name for o in g.output}
+    if graph_outputs & set(rename):
+        raise SystemExit("a depthwise chain feeds a graph output; cannot strip it")
+    del g.node[:]
+    g.node.extend(keep)
+    onnx.save(m, str(dst))
+    return removed
+
+
+def stage_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    import torchvision
+
+    from ghostify.export.latency import compare, time_onnx
+
+    orig = torchvision.models.resnet50().eval()
+    ghost = reinit(ghostify.convert(orig, 2, D))
+    a, b, c = work / "ceil_resnet50.onnx", work / "ceil_resnet50_s2d3.onnx", work / "ceil_resnet50_s2d3_dense.onnx"
+    export(orig, a)
+    export(ghost, b)
+    removed = strip_depthwise(b, c)
+    out: dict[str, Any] = {"depthwise_convs_removed": removed, "macs_original": macs(orig), "macs_ghost": macs(ghost)}
+    for threads in (1, 2):
+        timed = time_onnx([a, b, c], threads=threads, runs=args.bar_runs, warmup=10)
+        full, dense = compare(timed[:2]), compare([timed[0], timed[2]])
+        out[f"threads_{threads}"] = {
+            "speedup_ghost": full["speedup"], "speedup_ghost_p10_p90": [full["speedup_p10"], full["speedup_p90"]],
+            "speedup_dense_only": dense["speedup"],
+            "speedup_dense_only_p10_p90": [dense["speedup_p10"], dense["speedup_p90"]],
+            "p50_ms": [t.summary()["p50_ms"] for t in timed],
+        }
+        print(f"ceiling, {threads} thread(s): ghost {full['speedup']:.3f}x, dense convs only "
+              f"{dense['speedup']:.3f}x (MAC ratio {out['macs_original'] / out['macs_ghost']:.3f})", flush=True)
+    return out
+
+
 def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -302,6 +382,19 @@ def markdown(data: dict[str, Any]) -> str:
                 lines.append(f"| {t} thread{'s' if t > 1 else ''} | {gb['speedup']:.2f}× ({gb['speedup_p10']:.2f}–"
                              f"{gb['speedup_p90']:.2f}) | {gh['speedup']:.2f}× ({gh['speedup_p10']:.2f}–"
                              f"{gh['speedup_p90']:.2f}) |")
+    ceil = data.get("ceiling_resnet50_s2d3")
+    if ceil:
+        lines += ["", f"Ceiling (`{data.get('commands', {}).get('ceiling', '')}`, three models interleaved): "
+                      f"ResNet-50 vs its deployed s=2 d=3 form, and vs that form with its "
+                      f"{ceil['depthwise_convs_removed']} depthwise convolutions cut out of the graph (dense "
+                      f"convolutions only; MAC ratio {ceil['macs_original'] / ceil['macs_ghost']:.2f}×):", "",
+                  "| threads | Ghost model speed-up (p10–p90) | dense convolutions only (p10–p90) |", "|---|---|---|"]
+        for t in (1, 2):
+            k = ceil.get(f"threads_{t}")
+            if k:
+                g, dn = k["speedup_ghost_p10_p90"], k["speedup_dense_only_p10_p90"]
+                lines.append(f"| {t} thread{'s' if t > 1 else ''} | {k['speedup_ghost']:.2f}× ({g[0]:.2f}–{g[1]:.2f}) "
+                             f"| {k['speedup_dense_only']:.2f}× ({dn[0]:.2f}–{dn[1]:.2f}) |")
     return "\n".join(lines)
 
 
@@ -311,7 +404,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bar-runs", type=int, default=100)
-    ap.add_argument("--only", default="table,ghostnet,bar")
+    ap.add_argument("--only", default="table,ghostnet,ceiling,bar")
     ap.add_argument("--models", default=",".join(TABLE + ["ghostnet"]),
                     help="Table rows to (re)measure; the others are kept from --out.")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
@@ -345,6 +438,8 @@ def main(argv: list[str] | None = None) -> int:
                     data["commands"]["table_rows"][name] = command
             elif stage == "ghostnet":
                 data["ghostnet_vs_timm"] = stage_ghostnet(args, work)
+            elif stage == "ceiling":
+                data["ceiling_resnet50_s2d3"] = stage_ceiling(args, work)
             elif stage == "bar":
                 data["bar_resnet50_s2d3"] = stage_bar(args, work)
             else:

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from ghostify.cli import main
-from ghostify.export.latency import bench_onnx, cpu_info, percentiles, profile_onnx
+from ghostify.export.latency import bench_onnx, compare, cpu_info, percentiles, profile_onnx, time_onnx
 
 MODELS_SRC = textwrap.dedent("""
     from torch import nn
@@ -154,6 +154,17 @@ def test_library_bench_and_profile(onnx_pair) -> None:
     ops = {o["op"] for o in prof["ops"]}
     assert any("Conv" in o for o in ops)
     assert abs(sum(o["share"] for o in prof["ops"]) - 1.0) < 0.01
+
+
+def test_time_onnx_three_models_interleaved(onnx_pair) -> None:
+    a, b, _ = onnx_pair
+    order: list[int] = []
+    timed = time_onnx([a, b, a], runs=3, warmup=0, progress=lambda done, total: order.append(done))
+    assert [len(t.times_ms) for t in timed] == [3, 3, 3] and order == list(range(1, 10))
+    c = compare([timed[0], timed[2]])  # the same model twice: ratios near 1, p10 <= p50 <= p90
+    assert c["speedup_p10"] <= c["speedup"] <= c["speedup_p90"]
+    with pytest.raises(Exception, match="no such ONNX file"):
+        time_onnx([a, a.parent / "missing.onnx"], runs=1)
 
 
 def test_percentiles() -> None:

@@ -29,7 +29,8 @@ import numpy as np
 
 from ghostify.errors import GhostifyError
 
-__all__ = ["cpu_info", "percentiles", "bench_onnx", "bench_torch", "profile_onnx", "TimedModel", "SCHEMA"]
+__all__ = ["cpu_info", "percentiles", "bench_onnx", "time_onnx", "compare", "bench_torch", "profile_onnx",
+           "TimedModel", "SCHEMA"]
 
 SCHEMA = "ghostify.bench/1"
 
@@ -145,7 +146,8 @@ def _interleave(calls: Sequence[Callable[[], Any]], names: Sequence[str], runs: 
     return timed
 
 
-def _compare(timed: list[TimedModel]) -> dict[str, Any]:
+def compare(timed: Sequence[TimedModel]) -> dict[str, Any]:
+    """Summaries of A (and B), and the median, p10 and p90 of the per-run ratios of B to A."""
     out: dict[str, Any] = {"a": timed[0].summary()}
     if len(timed) > 1:
         a, b = np.asarray(timed[0].times_ms), np.asarray(timed[1].times_ms)
@@ -172,6 +174,34 @@ def _check_counts(runs: int, warmup: int, threads: int | None, batch: int) -> No
         raise GhostifyError(f"--batch must be >= 1, got {batch}")
 
 
+def time_onnx(
+    paths: Sequence[str | os.PathLike],
+    *,
+    threads: int | None = 1,
+    batch: int = 1,
+    runs: int = 50,
+    warmup: int = 10,
+    progress: Progress | None = None,
+) -> list[TimedModel]:
+    """Latencies of one or more ONNX models, interleaved run by run (onnxruntime CPU, ORT_ENABLE_ALL)."""
+    from ghostify.export.onnx import onnx_session
+
+    _check_counts(runs, warmup, threads, batch)
+    paths = [Path(p) for p in paths]
+    for p in paths:
+        if not p.is_file():
+            raise GhostifyError(f"{p}: no such ONNX file")
+    sessions = []
+    for p in paths:
+        try:
+            sessions.append(onnx_session(p, threads=threads))
+        except Exception as exc:  # onnxruntime raises its own exception types on bad files
+            raise GhostifyError(f"{p}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc
+    feeds = [_feed(s, batch) for s in sessions]
+    calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)]
+    return _interleave(calls, [str(p) for p in paths], runs, warmup, progress)
+
+
 def bench_onnx(
     a: str | os.PathLike,
     b: str | os.PathLike | None = None,
@@ -190,29 +220,15 @@ def bench_onnx(
     """
     import onnxruntime as ort
 
-    from ghostify.export.onnx import onnx_session
-
-    _check_counts(runs, warmup, threads, batch)
-    paths = [Path(a)] + ([Path(b)] if b is not None else [])
-    for p in paths:
-        if not p.is_file():
-            raise GhostifyError(f"{p}: no such ONNX file")
-    sessions = []
-    for p in paths:
-        try:
-            sessions.append(onnx_session(p, threads=threads))
-        except Exception as exc:  # onnxruntime raises its own exception types on bad files
-            raise GhostifyError(f"{p}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc
-    feeds = [_feed(s, batch) for s in sessions]
-    calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)]
-    timed = _interleave(calls, [str(p) for p in paths], runs, warmup, progress)
+    paths = [a] + ([b] if b is not None else [])
+    timed = time_onnx(paths, threads=threads, batch=batch, runs=runs, warmup=warmup, progress=progress)
     result: dict[str, Any] = {
         "kind": "bench", "schema": SCHEMA, "engine": "onnxruntime", "device": "cpu",
         "provider": "CPUExecutionProvider", "graph_optimization": "ORT_ENABLE_ALL",
         "onnxruntime_version": ort.__version__, "threads": threads, "batch": batch, "runs": runs,
         "warmup": warmup, "interleaved": len(paths) > 1, "cpu": cpu_info(),
     }
-    result.update(_compare(timed))
+    result.update(compare(timed))
     return result
 
 
@@ -259,7 +275,7 @@ def bench_torch(
                               "warmup": warmup}
     if device == "cuda":
         result["gpu"] = torch.cuda.get_device_name()
-    result.update(_compare(timed))
+    result.update(compare(timed))
     return result
 
 
