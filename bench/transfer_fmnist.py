@@ -10,17 +10,18 @@ with ``ghostify.convert`` at s = 2, 3, 4 (d = 3) with
 * ``transfer-calibrated``: ``init="transfer"`` with N unlabeled training images,
 
 then distills each from the baseline with ``ghostify.train.finetune`` (KD, T=4, alpha=0.9,
-SGD + warm-up + cosine) and measures test accuracy. The "200 steps" figure is the 200th step
+SGD lr 0.02, batch 32, warm-up + cosine) and measures test accuracy. The "200 steps" figure is the 200th step
 of the 1-epoch run (same schedule); where a 1-epoch run is skipped (budget mode, s > 2) a
 200-step run follows that same schedule.
 
     nice -n 19 .venv/bin/python bench/transfer_fmnist.py            # CPU budget mode (<= 15 min)
     .venv/bin/python bench/transfer_fmnist.py --full --device cuda  # full training set, all runs
 
-Budget mode (CPU): a fixed 20,000-image training subset (an "epoch" is a pass over it), baseline
-trained 3 epochs, 1-epoch distillation at s=2 only (200 steps at s=3, 4; data-free transfer is
-distilled at s=2 only), test on a fixed 5,000-image subset of the test set (the same for every
-figure, baseline included).
+Budget mode (CPU, <= 15 min): a fixed 20,000-image training subset (an "epoch" is a pass over
+it: 625 steps at batch 32); the baseline (5 conv layers, widths 16-32-64) trained 3 epochs; at
+s=2 random and calibrated students distilled 1 epoch (the bar), the data-free ones 200 steps
+(synthetic inputs: 128); at s=3, 4 random and calibrated 200 steps, data-free zero-shot only;
+test on a fixed 5,000-image subset of the test set (the same for every figure, baseline included).
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from ghostify.train import FinetuneConfig, evaluate, finetune  # noqa: E402
 INITS = ("random", "transfer-data-free", "transfer-synthetic", "transfer-calibrated")
 
 
-def vgg_small(widths: tuple[int, int, int] = (12, 24, 48), num_classes: int = 10) -> nn.Sequential:
+def vgg_small(widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10) -> nn.Sequential:
     a, b, c = widths
 
     def cbr(i: int, o: int) -> list[nn.Module]:
@@ -82,16 +83,26 @@ def main() -> None:
     ap.add_argument("--data", default="fashion-mnist:/usr/share/datasets/fashion-mnist")
     ap.add_argument("--train-samples", type=int, default=None)
     ap.add_argument("--baseline-epochs", type=int, default=None)
-    ap.add_argument("--widths", default="12,24,48")
+    ap.add_argument("--widths", default="16,32,64")
     ap.add_argument("--test-samples", type=int, default=None)
     ap.add_argument("--s", default="2,3,4")
     ap.add_argument("--d", type=int, default=3)
     ap.add_argument("--calib-samples", type=int, default=256)
-    ap.add_argument("--batch-size", type=int, default=64, help="distillation batch")
+    ap.add_argument("--synthetic-samples", type=int, default=None,
+                    help="inputs distilled from the BatchNorm statistics (default: 128 budget mode, 256 full)")
+    ap.add_argument("--batch-size", type=int, default=32,
+                    help="distillation batch (32: an epoch of the 20k budget subset is 625 steps)")
     ap.add_argument("--lr", type=float, default=0.02, help="distillation peak lr (SGD)")
     ap.add_argument("--lr-transfer", type=float, default=None,
                     help="peak lr for transfer-initialized students (default: --lr); a fine-tuning start")
+    ap.add_argument("--feature-weight", type=float, default=0.0,
+                    help="weight of the per-layer feature term in distillation (0: logits only)")
+    ap.add_argument("--distill-samples", type=int, default=None,
+                    help="training images in a distillation epoch (default: the baseline's subset; 0: all)")
+    ap.add_argument("--distill-epochs", type=int, default=1,
+                    help="epochs of distillation where a full run is made (the bar: 1); per-epoch accuracy kept")
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--inits", default=",".join(INITS), help="which student inits to run (comma-separated)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1 is fastest on a shared CPU)")
     ap.add_argument("--seed", type=int, default=0)
@@ -105,12 +116,17 @@ def main() -> None:
     train_samples = args.train_samples if args.train_samples is not None else (None if full else 20000)
     base_epochs = args.baseline_epochs if args.baseline_epochs is not None else (8 if full else 3)
     widths = tuple(int(v) for v in args.widths.split(","))
+    synthetic_samples = args.synthetic_samples or (256 if full else 128)
     s_values = [int(v) for v in args.s.split(",")]
     epoch_s = set(s_values) if full else {2}
 
-    train = open_data(args.data, train=True, input_size=(1, 28, 28))
-    if train_samples is not None:
-        train = train.subset(train_samples, args.seed)
+    full_train = open_data(args.data, train=True, input_size=(1, 28, 28))
+    train = full_train.subset(train_samples, args.seed) if train_samples is not None else full_train
+    # the distillation "epoch": the baseline's training subset unless --distill-samples says otherwise
+    # (0: the whole training set)
+    distill_train = train
+    if args.distill_samples is not None:
+        distill_train = full_train if args.distill_samples == 0 else full_train.subset(args.distill_samples, args.seed)
     test = open_data(args.data, train=False, input_size=(1, 28, 28))
     test_samples = args.test_samples if args.test_samples is not None else (None if full else 5000)
     if test_samples is not None:
@@ -128,10 +144,10 @@ def main() -> None:
     base_acc = evaluate(base, test, 1000, args.device)
     print(f"baseline {base_acc:.2f}% ({base_time:.0f}s)", flush=True)
 
-    steps_per_epoch = len(train) // args.batch_size
+    steps_per_epoch = len(distill_train) // args.batch_size
     rows = []
     for s in s_values:
-        for init in INITS:
+        for init in [i for i in INITS if i in args.inits.split(",")]:
             if init == "transfer-synthetic" and not full and s not in epoch_s:
                 continue  # budget mode: distilling inputs costs ~2 min a run, so s=2 only
             t0 = time.time()
@@ -140,12 +156,14 @@ def main() -> None:
                 kw["calibration_data"] = calib
             if init == "transfer-synthetic":  # no data: inputs distilled from the BatchNorm statistics
                 kw["input_size"] = (1, 28, 28)
+                kw["calibration_samples"] = synthetic_samples
             ghost = ghostify.convert(base.cpu(), s=s, d=args.d, **kw).to(args.device)
             convert_s = time.time() - t0
             plan = ghostify.get_plan(ghost)
-            one_epoch = s in epoch_s
-            if not full and not one_epoch and init in ("transfer-data-free", "transfer-synthetic"):
-                # budget mode: data-free runs are distilled at s=2 only (zero-shot at every s)
+            # budget mode: the bar's pair (random, calibrated) gets the 1-epoch run at s=2, the data-free
+            # students 200 steps at s=2 and zero-shot only at s > 2
+            one_epoch = full or (s in epoch_s and init in ("random", "transfer-calibrated"))
+            if not full and s not in epoch_s and init in ("transfer-data-free", "transfer-synthetic"):
                 ghost.eval()
                 row = {"s": s, "d": args.d, "init": init, "zero_shot": evaluate(ghost, test, 1000, args.device),
                        f"after_{args.steps}_steps": None, "after_1_epoch": None, "distill_steps": 0,
@@ -157,19 +175,23 @@ def main() -> None:
                 print(json.dumps(row), flush=True)
                 continue
             lr = args.lr if (init == "random" or args.lr_transfer is None) else args.lr_transfer
-            cfg = FinetuneConfig(epochs=1, max_steps=None if one_epoch else args.steps, batch_size=args.batch_size,
+            epochs = args.distill_epochs if one_epoch else 1
+            cfg = FinetuneConfig(epochs=epochs, max_steps=None if one_epoch else args.steps, batch_size=args.batch_size,
                                  lr=lr, optimizer="sgd", temperature=4.0, alpha=0.9, seed=args.seed,
-                                 eval_at_steps=[args.steps], schedule_steps=steps_per_epoch, log_every=10 ** 9,
+                                 feature_weight=args.feature_weight,
+                                 eval_at_steps=[args.steps], schedule_steps=steps_per_epoch * epochs, log_every=10 ** 9,
                                  eval_batch_size=1000, evaluate_teacher=False)
             t1 = time.time()
-            res = finetune(ghost, base, train, test, cfg, device=args.device)
+            res = finetune(ghost, base, distill_train, test, cfg, device=args.device)
             ft_s = time.time() - t1
             ev = {r["event"]: r for r in res.history if r["event"] in ("start", "eval")}
             row = {
                 "s": s, "d": args.d, "init": init,
                 "zero_shot": ev["start"]["student_acc"],
                 f"after_{args.steps}_steps": ev.get("eval", {}).get("student_acc"),
-                "after_1_epoch": res.student_acc if one_epoch else None,
+                "after_1_epoch": res.student_acc if one_epoch and epochs == 1 else None,
+                **({"per_epoch": [r["student_acc"] for r in res.history if r["event"] == "epoch"]}
+                   if one_epoch and epochs > 1 else {}),
                 "distill_steps": res.steps, "lr": lr,
                 "convert_s": round(convert_s, 1), "distill_s": round(ft_s, 1),
                 "transfer_errors": {layer.name: layer.transfer_error for layer in plan.converted},
@@ -183,7 +205,7 @@ def main() -> None:
         return next(r for r in rows if r["s"] == s and r["init"] == init)
 
     bars = {}
-    if 2 in s_values:
+    if 2 in s_values and set(INITS) <= set(args.inits.split(",")) and args.distill_epochs == 1:
         cal, free, rnd = pick(2, "transfer-calibrated"), pick(2, "transfer-data-free"), pick(2, "random")
         synth = pick(2, "transfer-synthetic")
         bars = {
@@ -201,14 +223,18 @@ def main() -> None:
         "mode": "full" if full else "cpu-budget",
         "device": args.device, "torch_threads": args.threads, "torch": torch.__version__,
         "machine": platform.processor() or platform.machine(),
-        "data": {"spec": args.data, "train_samples": len(train), "test_samples": len(test),
-                 "calibration_samples": int(calib.shape[0]), "calibration_labels_used": False},
+        "data": {"spec": args.data, "train_samples": len(train), "distill_samples": len(distill_train),
+                 "test_samples": len(test),
+                 "calibration_samples": int(calib.shape[0]), "calibration_labels_used": False,
+                 "synthetic_samples": synthetic_samples},
         "model": {"name": "vgg_small", "widths": list(widths), "params": sum(p.numel() for p in base.parameters())},
         "baseline": {"test_acc": base_acc, "epochs": base_epochs, "train_s": round(base_time, 1)},
         "distill": {"batch_size": args.batch_size, "lr": args.lr, "lr_transfer": args.lr_transfer or args.lr,
-                    "optimizer": "sgd", "temperature": 4.0,
+                    "optimizer": "sgd", "temperature": 4.0, "feature_weight": args.feature_weight,
                     "alpha": 0.9, "steps_per_epoch": steps_per_epoch, "one_epoch_at_s": sorted(epoch_s),
-                    "note": f"after_{args.steps}_steps is step {args.steps} of the 1-epoch schedule"},
+                    "one_epoch_inits": list(INITS) if full else ["random", "transfer-calibrated"],
+                    "epochs": args.distill_epochs,
+                    "note": f"after_{args.steps}_steps is step {args.steps} of the distillation schedule"},
         "results": rows,
         "bars_s2": bars,
         "wall_s": round(time.time() - t_start, 1),

@@ -234,6 +234,14 @@ def test_bad_s_and_d(capsys, models_dir, command, flags, needle):
     assert_one_line_error(rc, err, needle)
 
 
+@pytest.mark.parametrize("n", ["0", "-3"])
+def test_bad_calib_samples(capsys, models_dir, tmp_path, n):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--init", "transfer",
+                         "--calib", "synthetic", "--calib-samples", n, "--out", str(tmp_path / "x.ghost"))
+    assert_one_line_error(rc, err, "--calib-samples must be >= 1")
+    assert not (tmp_path / "x.ghost").exists()
+
+
 # -- input size ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("size", ["3,abc,8", "3,8", "0,8,8", "3,8,8,8", "-1,8,8", ""])
 def test_malformed_input_size(capsys, models_dir, size):

@@ -45,6 +45,34 @@ def test_distill_loss():
     assert float(total) == pytest.approx(0.5 * kd + 0.5 * ce, rel=1e-5)
 
 
+def test_feature_term_pulls_each_ghost_module_towards_the_conv_it_replaced():
+    teacher, data = _teacher(), _data()
+    student = ghostify.convert(teacher, s=2, d=3, init="random")
+    cfg = FinetuneConfig(epochs=4, batch_size=8, lr=0.05, log_every=1, feature_weight=10.0)
+    res = finetune(student, teacher, data, None, cfg)
+    feats = [r["feature"] for r in res.history if r["event"] == "step"]
+    assert len(feats) == 24 and feats[-1] < 0.5 * feats[0]  # default layers: the plan's converted ones
+
+    same = copy.deepcopy(teacher)  # identical maps: the term is exactly zero
+    cfg = FinetuneConfig(max_steps=1, batch_size=8, lr=1e-9, log_every=1, feature_weight=1.0,
+                         feature_layers=["0", "3"], freeze_bn=True)  # BN on running statistics, as the teacher
+    res = finetune(same, teacher, data, None, cfg)
+    assert [r["feature"] for r in res.history if r["event"] == "step"] == [0.0]
+
+    for bad, needle in [({"feature_layers": ["nope"]}, "no module named 'nope'"),
+                        ({"feature_weight": -1.0}, "feature weight must be >= 0")]:
+        kw = {"feature_weight": 1.0, **bad}
+        with pytest.raises(ghostify.GhostifyError, match=needle):
+            finetune(copy.deepcopy(student), teacher, data, None, FinetuneConfig(max_steps=1, batch_size=8, **kw))
+    with pytest.raises(ghostify.GhostifyError, match="needs converted layers"):  # a plain model has no plan
+        cfg = FinetuneConfig(max_steps=1, batch_size=8, feature_weight=1.0)
+        finetune(copy.deepcopy(teacher), teacher, data, None, cfg)
+    assert all(p.requires_grad for p in teacher.parameters())  # finetune leaves the teacher's flags alone
+    with pytest.raises(ghostify.GhostifyError, match="no trainable parameters"):
+        frozen = copy.deepcopy(teacher).requires_grad_(False)
+        finetune(frozen, teacher, data, None, FinetuneConfig(max_steps=1, batch_size=8))
+
+
 def test_resume_after_an_interrupted_epoch_gives_the_same_weights(tmp_path):
     teacher = _teacher()
     student0 = ghostify.convert(teacher, s=2, d=3, init="transfer")
@@ -126,20 +154,24 @@ def test_cli_convert_transfer_then_finetune(tmp_path, capsys):
     assert ghostify.get_plan(converted).init == "transfer"
     out, metrics = tmp_path / "ft.ghost", tmp_path / "m.jsonl"
     rc = main(["finetune", str(ghost), "--teacher", str(teacher), "--data", f"fashion-mnist:{data}", "--epochs", "1",
-               "--batch-size", "16", "--out", str(out), "--metrics", str(metrics)])
+               "--batch-size", "16", "--out", str(out), "--metrics", str(metrics), "--feature-weight", "0.5"])
     assert rc == 0
     tuned = ghostify.load(out)
     before, after = converted.state_dict(), tuned.state_dict()
     assert before.keys() == after.keys()
     assert any(not torch.equal(before[k], after[k]) for k in before)
     assert (tmp_path / "ft.ghost.ckpt").exists()
-    events = [json.loads(line)["event"] for line in metrics.read_text().splitlines()]
+    records = [json.loads(line) for line in metrics.read_text().splitlines()]
+    events = [r["event"] for r in records]
     assert "start" in events and "epoch" in events
+    assert all(r["feature"] > 0 for r in records if r["event"] == "step")  # the archive's plan names the layers
     # refusing to overwrite, resuming a finished run, and bad input are one-line errors (exit 2)
     assert main(["finetune", str(ghost), "--teacher", str(teacher), "--data", f"fashion-mnist:{data}",
                  "--out", str(out)]) == 2
     assert main(["finetune", str(ghost), "--teacher", str(teacher), "--data", "nope:/x", "--out",
                  str(tmp_path / "x.ghost")]) == 2
+    assert main(["finetune", str(ghost), "--teacher", str(teacher), "--data", f"fashion-mnist:{data}",
+                 "--feature-weight", "-1", "--out", str(tmp_path / "z.ghost")]) == 2
     assert main(["convert", str(teacher), "--input-size", "1,28,28", "--calib", f"fashion-mnist:{data}",
                  "--out", str(tmp_path / "y.ghost")]) == 2  # --calib without --init transfer
     err = capsys.readouterr().err

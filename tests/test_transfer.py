@@ -172,3 +172,26 @@ def test_data_free_with_input_size_fits_on_inputs_distilled_from_batchnorm():
     assert fits == {"synthetic"}
     without = ghostify.convert(model, s=2, d=3, init="transfer")  # no input size: weight-space fit
     assert {layer.transfer_fit for layer in ghostify.get_plan(without).converted} == {"weights"}
+
+
+def test_calibration_samples_sets_how_many_inputs_are_distilled_or_read(monkeypatch):
+    import ghostify.transfer as transfer
+
+    seen: list[int] = []
+    real = transfer.synthesize_inputs
+
+    def spy(model, input_size, samples=256, *args, **kwargs):
+        seen.append(samples)
+        return real(model, input_size, samples, 5)
+
+    monkeypatch.setattr(transfer, "synthesize_inputs", spy)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 16, 3, padding=1)).eval()
+    ghostify.convert(model, s=2, init="transfer", input_size=(3, 8, 8), calibration_samples=12)
+    assert seen == [12]
+    reads: list[int | None] = []
+    real_tensor = transfer.as_calibration_tensor
+    monkeypatch.setattr(transfer, "as_calibration_tensor",
+                        lambda data, n=None: reads.append(n) or real_tensor(data, n))
+    ghostify.convert(model, s=2, init="transfer", calibration_data=torch.randn(20, 3, 8, 8), calibration_samples=6)
+    assert reads == [6]

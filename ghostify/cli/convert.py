@@ -73,7 +73,8 @@ def convert(
                                      "(fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR), or 'synthetic' for inputs "
                                      "distilled from the model's BatchNorm statistics (no data; slow on big "
                                      "models); without it, a weight-space fit."),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="How many calibration images to use."),
+    calib_samples: int = typer.Option(256, "--calib-samples", help="How many calibration images to use (or to "
+                                      "distil, with --calib synthetic)."),
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
     import ghostify
@@ -94,6 +95,8 @@ def convert(
     calibration = None
     if calib is not None and init != "transfer":
         raise GhostifyError("--calib is used by --init transfer only")
+    if calib_samples < 1:
+        raise GhostifyError(f"--calib-samples must be >= 1, got {calib_samples}")
     synthetic = calib == "synthetic"
     if calib is not None and not synthetic:
         from ghostify.data_specs import load_data
@@ -103,7 +106,8 @@ def convert(
                                     max_samples=calib_samples).images
     with err_console.status(f"converting {spec} (s={s}, d={d}, init={init})"):
         ghost = ghostify.convert(loaded.model, config=config, strict=False, init=init, calibration_data=calibration,
-                                 input_size=loaded.input_size if synthetic else None)
+                                 input_size=loaded.input_size if synthetic else None,
+                                 calibration_samples=calib_samples if init == "transfer" else None)
     plan = ghostify.get_plan(ghost)
     if not plan.converted:
         message = "no convolution was converted (see the reasons above); no output written"

@@ -35,6 +35,8 @@ def finetune(
     warmup_steps: int | None = typer.Option(None, "--warmup-steps", help="Linear warm-up (default 5%, ≤ 200)."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature T."),
     alpha: float = typer.Option(0.9, "--alpha", help="Weight of the distillation term (1-α on the labels)."),
+    feature_weight: float = typer.Option(0.0, "--feature-weight", help="Also pull every Ghost module's output "
+                                         "towards the convolution it replaced, with this weight (0: logits only)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Output .ghost archive (default GHOST.ft.ghost)."),
     checkpoint: Path | None = typer.Option(None, "--checkpoint", help="Checkpoint file (default OUT.ckpt)."),
     resume: bool = typer.Option(False, "--resume", help="Continue from the checkpoint exactly where it stopped."),
@@ -98,7 +100,8 @@ def finetune(
                             "is --teacher the model GHOST was converted from?")
     cfg = FinetuneConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, alpha=alpha,
-                         amp=amp, freeze_bn=freeze_bn, seed=seed, checkpoint_every=checkpoint_every)
+                         feature_weight=feature_weight, amp=amp, freeze_bn=freeze_bn, seed=seed,
+                         checkpoint_every=checkpoint_every)
     result = run_finetune(student.model, teacher_m.model, train, test, cfg, checkpoint=checkpoint, resume=resume,
                           metrics=metrics, device=device, progress=True)
     if not main:

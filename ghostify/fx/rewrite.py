@@ -359,6 +359,7 @@ def convert(
     init: str = "random",
     calibration_data: Any = None,
     input_size: Sequence[int] | None = None,
+    calibration_samples: int | None = None,
     strict: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -373,6 +374,8 @@ def convert(
         calibration_data: unlabeled inputs for ``init="transfer"`` (data-aware fit).
         input_size: (C, H, W) of one input; with ``init="transfer"`` and no calibration data,
             the fit runs on inputs distilled from the model's BatchNorm statistics.
+        calibration_samples: use at most this many calibration inputs, or distil this many
+            (default: all given; 256 distilled).
         strict: raise :class:`NothingToConvertError` when no convolution converts.
         inplace: rewrite ``model`` itself (module-swap mode only; fx always builds a new module).
 
@@ -428,7 +431,9 @@ def convert(
     else:
         from ghostify.transfer import transfer_init
 
-        transfer_init(original, gm, plan, calibration_data=calibration_data, input_size=input_size)
+        samples = {} if calibration_samples is None else {"max_samples": calibration_samples,
+                                                          "synthetic_samples": calibration_samples}
+        transfer_init(original, gm, plan, calibration_data=calibration_data, input_size=input_size, **samples)
     gm.train(original.training)
     setattr(gm, PLAN_ATTR, plan)
     return gm

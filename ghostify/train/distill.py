@@ -1,8 +1,12 @@
 """Distillation fine-tuning of a Ghost model from its original (the teacher).
 
 Loss: ``alpha * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + (1 - alpha) * CE``
-(the label term only where labels exist). SGD (Nesterov) or AdamW, linear warm-up then cosine
-decay, AMP (fp16 + GradScaler) on CUDA. A checkpoint after every epoch (and every
+(the label term only where labels exist), plus, with ``feature_weight`` > 0, a feature term: at
+every converted layer the Ghost module's output is pulled towards the output of the convolution
+it replaced (mean squared error over the teacher map's variance, averaged over layers): the
+error transfer init fits layer by layer, kept in view while the whole network trains (off by
+default; it did not help on the Fashion-MNIST bench). SGD (Nesterov) or AdamW, linear warm-up
+then cosine decay, AMP (fp16 + GradScaler) on CUDA. A checkpoint after every epoch (and every
 ``checkpoint_every`` steps, and when interrupted) holds model, optimizer, scheduler, scaler, RNG
 states and the sampler position, so ``resume`` continues exactly where the run stopped.
 
@@ -52,6 +56,8 @@ class FinetuneConfig:
     warmup_steps: int | None = None  # default: 5% of the steps, at most 200
     temperature: float = 4.0
     alpha: float = 0.9  # weight of the distillation term; 1 - alpha on the labels
+    feature_weight: float = 0.0  # weight of the per-layer feature term (0: logits only)
+    feature_layers: list[str] | None = None  # default: every layer the conversion plan converted
     amp: bool = True  # only on CUDA
     freeze_bn: bool = False  # BatchNorm in eval mode (statistics fixed, affine trained)
     seed: int = 0
@@ -83,6 +89,8 @@ class FinetuneConfig:
             raise GhostifyError(f"alpha must be in [0, 1], got {cfg.alpha}")
         if cfg.temperature <= 0:
             raise GhostifyError(f"temperature must be > 0, got {cfg.temperature}")
+        if cfg.feature_weight < 0 or not math.isfinite(cfg.feature_weight):
+            raise GhostifyError(f"feature weight must be >= 0, got {cfg.feature_weight}")
         if cfg.lr <= 0:
             raise GhostifyError(f"learning rate must be > 0, got {cfg.lr}")
         return cfg
@@ -160,6 +168,44 @@ def distill_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, lab
             ce_value = float(ce.detach())
             total = alpha * kd + (1.0 - alpha) * ce
     return total, float(kd.detach()), ce_value
+
+
+class FeatureTaps:
+    """Forward hooks that keep the outputs of same-named modules in the student and the teacher."""
+
+    def __init__(self, student: nn.Module, teacher: nn.Module, names: list[str]) -> None:
+        s_mods, t_mods = dict(student.named_modules()), dict(teacher.named_modules())
+        missing = [n for n in names if n not in s_mods or n not in t_mods]
+        if missing:
+            raise GhostifyError(f"feature distillation: no module named {missing[0]!r} in both student and teacher")
+        self.names = names
+        self.student: dict[str, torch.Tensor] = {}
+        self.teacher: dict[str, torch.Tensor] = {}
+        self.handles = [s_mods[n].register_forward_hook(self._keep(self.student, n)) for n in names]
+        self.handles += [t_mods[n].register_forward_hook(self._keep(self.teacher, n)) for n in names]
+
+    @staticmethod
+    def _keep(store: dict[str, torch.Tensor], name: str) -> Callable[..., None]:
+        def hook(_mod: nn.Module, _inp: tuple, out: torch.Tensor) -> None:
+            store[name] = out
+        return hook
+
+    def loss(self) -> torch.Tensor:
+        """Mean over layers of MSE(student map, teacher map) / var(teacher map)."""
+        terms = []
+        for n in self.names:
+            s_out, t_out = self.student.get(n), self.teacher.get(n)
+            if s_out is None or t_out is None or s_out.shape != t_out.shape:
+                raise GhostifyError(f"feature distillation: layer {n!r} gave no output or a different shape")
+            t_out = t_out.float()
+            terms.append(F.mse_loss(s_out.float(), t_out) / t_out.var().clamp_min(1e-8))
+        self.student.clear()
+        self.teacher.clear()
+        return torch.stack(terms).mean()
+
+    def close(self) -> None:
+        for h in self.handles:
+            h.remove()
 
 
 @torch.no_grad()
@@ -299,9 +345,9 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
 
     torch.manual_seed(cfg.seed)
     student.to(dev)
+    # the teacher runs under no_grad; its requires_grad flags are left alone: freezing them here
+    # would freeze every layer a later ghostify.convert(teacher) copies unconverted (stem, head)
     teacher.to(dev).eval()
-    for p in teacher.parameters():
-        p.requires_grad_(False)
     model: nn.Module = student
     if ctx.distributed:
         if dev.type == "cuda":
@@ -314,6 +360,8 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
             model = nn.parallel.DistributedDataParallel(
                 student, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False)
     params = [p for p in student.parameters() if p.requires_grad]
+    if not params:
+        raise GhostifyError("the student has no trainable parameters (all have requires_grad=False)")
     if cfg.optimizer == "sgd":
         opt: torch.optim.Optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum,
                                                      weight_decay=cfg.weight_decay, nesterov=cfg.momentum > 0)
@@ -392,7 +440,19 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
 
     t0 = time.time()
     student_acc = None
+    taps: FeatureTaps | None = None
     try:
+        if cfg.feature_weight > 0:
+            names = cfg.feature_layers
+            if names is None:
+                from ghostify.plan import get_plan
+
+                plan = get_plan(student)
+                names = [layer.name for layer in plan.converted] if plan is not None else []
+            if not names:
+                raise GhostifyError("feature distillation needs converted layers (a ghostify model) or feature_layers")
+            taps = FeatureTaps(student, teacher, list(names))
+
         while step < total and epoch < cfg.epochs:
             sampler.set_epoch(epoch)
             # its own generator: a DataLoader iterator otherwise draws a seed from the global RNG,
@@ -408,6 +468,11 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
                 with torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                     s_logits = model(x)
                 loss, kd, ce = distill_loss(s_logits, t_logits, y, cfg.temperature, cfg.alpha)
+                feat = 0.0
+                if taps is not None:
+                    feature_loss = taps.loss()
+                    feat = float(feature_loss.detach())
+                    loss = loss + cfg.feature_weight * feature_loss
                 loss_value = float(loss.detach())
                 opt.zero_grad(set_to_none=True)
                 scaler.scale(loss).backward()
@@ -422,8 +487,8 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
                     bar.update(task, advance=1, description=f"epoch {epoch + 1} loss {loss_value:.3f}")
                 if step % cfg.log_every == 0 or step == total:
                     emit({"event": "step", "step": step, "epoch": epoch, "loss": round(loss_value, 5),
-                          "kd": round(kd, 5), "ce": round(ce, 5), "lr": sched.get_last_lr()[0],
-                          "time_s": round(time.time() - t0, 2)})
+                          "kd": round(kd, 5), "ce": round(ce, 5), "feature": round(feat, 5),
+                          "lr": sched.get_last_lr()[0], "time_s": round(time.time() - t0, 2)})
                 if step in cfg.eval_at_steps and test_data is not None:
                     emit({"event": "eval", "step": step, "epoch": epoch, "student_acc": test_acc(student),
                           "teacher_acc": teacher_acc})
@@ -446,6 +511,8 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
         save(epoch, skip, step)  # the interrupted epoch resumes at this step with --resume
         raise
     finally:
+        if taps is not None:
+            taps.close()
         if bar is not None:
             bar.stop()
         if metrics_fh is not None:
