@@ -159,3 +159,29 @@ def test_model_state_preserved(tmp_path) -> None:
     model = Small().train()
     export_onnx(model, tmp_path / "m.onnx", (3, 16, 16))
     assert model.training  # restored after the eval-mode export
+
+
+def test_model_over_two_gb_is_written_with_external_data(tmp_path, monkeypatch) -> None:
+    import ghostify.export.onnx as onnx_mod
+
+    monkeypatch.setattr(onnx_mod, "_TWO_GB", 10_000)  # "2 GB" scaled down so a small model crosses it
+    model = randomize_bn(ghostify.convert(Small(), 2, 3))
+    out = tmp_path / "big.onnx"
+    (tmp_path / "other.onnx.data").write_bytes(b"user data")
+    with pytest.raises(GhostifyError, match="other.onnx.data exists"):  # never clobbered
+        export_onnx(model, tmp_path / "other.onnx", (3, 16, 16), exporter="dynamo")
+    assert (tmp_path / "other.onnx.data").read_bytes() == b"user data"
+
+    res = export_onnx(model, out, (3, 16, 16), exporter="dynamo")
+    assert res.passed and res.written and res.exporter == "dynamo"
+    data = tmp_path / "big.onnx.data"
+    graph = onnx.load(str(out), load_external_data=False)  # the weights live beside the graph
+    assert data.stat().st_size > 0
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in graph.graph.initializer)
+    assert res.size_bytes == out.stat().st_size + data.stat().st_size
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["big.onnx", "big.onnx.data", "other.onnx.data"]
+    x = torch.randn(1, 3, 16, 16)
+    got = onnx_session(out).run(None, {"input": x.numpy()})[0]  # loads from disk with its external data
+    with torch.no_grad():
+        ref = model(x).numpy()
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()

@@ -24,6 +24,7 @@ import copy
 import io
 import logging
 import os
+import shutil
 import time
 import warnings
 from collections.abc import Sequence
@@ -142,7 +143,14 @@ def _quiet():
             lg.setLevel(lv)
 
 
-def _export_dynamo(model: nn.Module, x: torch.Tensor, opset: int | None, dynamic_batch: bool) -> tuple[bytes, int]:
+def _over_two_gb(model: nn.Module) -> bool:
+    """Whether the weights alone come near protobuf's 2 GB message limit (then: external data)."""
+    return sum(t.numel() * t.element_size() for t in [*model.parameters(), *model.buffers()]) > _TWO_GB * 0.9
+
+
+def _export_dynamo(model: nn.Module, x: torch.Tensor, opset: int | None,
+                   dynamic_batch: bool) -> tuple[bytes | Any, int]:
+    """(serialized model, opset); a model over 2 GB comes back as its ``onnx.ModelProto`` (external data)."""
     kwargs: dict[str, Any] = {}
     if dynamic_batch:
         kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=4096)},)
@@ -150,9 +158,35 @@ def _export_dynamo(model: nn.Module, x: torch.Tensor, opset: int | None, dynamic
         program = torch.onnx.export(model, (x,), dynamo=True, opset_version=opset, input_names=["input"],
                                     verbose=False, optimize=True, **kwargs)
     proto = program.model_proto
-    data = proto.SerializeToString()
     opset_used = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), opset or 0)
-    return data, int(opset_used)
+    if _over_two_gb(model):  # protobuf cannot serialize more than 2 GB in one message
+        return proto, int(opset_used)
+    return proto.SerializeToString(), int(opset_used)
+
+
+def _stage_external(proto: Any, path: Path) -> Path:
+    """Write ``proto`` with its weights in ``<name>.data`` into a fresh hidden directory beside ``path``."""
+    import tempfile
+
+    import onnx
+
+    try:
+        stage = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent if str(path.parent) else "."))
+    except OSError as exc:
+        raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc})") from None
+    onnx.save_model(proto, str(stage / path.name), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=path.name + ".data", size_threshold=1024)
+    return stage / path.name
+
+
+def _commit_external(staged: Path, path: Path) -> None:
+    """Move the staged model and its ``.data`` file into place: the data first, the model last."""
+    data_name = path.name + ".data"
+    try:
+        os.replace(staged.parent / data_name, path.parent / data_name)
+        os.replace(staged, path)
+    except OSError as exc:
+        raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def _export_torchscript(model: nn.Module, x: torch.Tensor, opset: int | None, dynamic_batch: bool) -> tuple[bytes, int]:
@@ -221,6 +255,7 @@ def export_onnx(
 
     was_training = model.training
     model.eval()
+    staged: Path | None = None  # a model over 2 GB, written with external data beside ``path``
     try:
         check_forward(model, input_size)  # a wrong --input-size is the user's error: one clear line
         notes: list[str] = []
@@ -234,15 +269,25 @@ def export_onnx(
         batch = 2 if dynamic_batch else 1  # torch.export specialises a batch of 1
         x = _example(input_size, batch, seed)
 
+        data_file = path.parent / (path.name + ".data")
+        if _over_two_gb(target) and data_file.exists() and not path.exists():  # never clobber an unnamed file
+            raise GhostifyError(f"{data_file} exists (a model over 2 GB keeps its weights there); remove it or "
+                                "choose another output path")
         data = opset_used = None
         used = None
         fallback_reason = None
         if exporter in ("auto", "dynamo"):
             try:
                 data, opset_used = _export_dynamo(target, x, opset, dynamic_batch)
-                _session_or_raise(data)
+                if not isinstance(data, bytes):
+                    staged = _stage_external(data, path)
+                    data = b""
+                _session_or_raise(staged if staged is not None else data)
                 used = "dynamo"
             except Exception as exc:  # the dynamo exporter fails in many ways on unusual models
+                if staged is not None:
+                    shutil.rmtree(staged.parent, ignore_errors=True)
+                    staged = None
                 fallback_reason = _first_line(exc)
                 if exporter == "dynamo":
                     raise GhostifyError(f"dynamo ONNX export failed: {fallback_reason}") from exc
@@ -260,7 +305,7 @@ def export_onnx(
         passed = None
         batches: list[int] = []
         if check:
-            sess = onnx_session(data)
+            sess = onnx_session(staged if staged is not None else data)
             name = sess.get_inputs()[0].name
             abs_err, rel_err = 0.0, 0.0
             for b in ([1, 3] if dynamic_batch else [1]):
@@ -272,19 +317,26 @@ def export_onnx(
                 batches.append(b)
             passed = bool(rel_err <= rtol)
         written = passed is not False or keep_failed
+        size = len(data) if staged is None else sum(f.stat().st_size for f in staged.parent.iterdir())
         if written:
-            atomic_write(path, data)
+            if staged is not None:
+                _commit_external(staged, path)
+            else:
+                atomic_write(path, data)
     finally:
         model.train(was_training)
+        if staged is not None:
+            shutil.rmtree(staged.parent, ignore_errors=True)
     return ExportResult(path=path, exporter=used, opset=opset_used, input_size=input_size,
                         dynamic_batch=dynamic_batch, deployed=deploy, max_abs_error=abs_err,
                         max_rel_error=rel_err, rtol=rtol, passed=passed, written=written,
-                        seconds=round(time.perf_counter() - start, 2), size_bytes=len(data),
+                        seconds=round(time.perf_counter() - start, 2), size_bytes=size,
                         fallback_reason=fallback_reason, check_batches=batches, deploy_notes=notes)
 
 
-def _session_or_raise(data: bytes) -> None:
+def _session_or_raise(data: bytes | Path) -> None:
     """onnxruntime must be able to load what the exporter wrote (else try the other exporter)."""
-    if len(data) > _TWO_GB:
-        raise GhostifyError("the ONNX model is larger than 2 GB (protobuf limit); external data is not supported")
+    if isinstance(data, bytes) and len(data) > _TWO_GB:
+        raise GhostifyError("the ONNX model is larger than 2 GB (protobuf limit); only the dynamo exporter "
+                            "writes it (weights in OUT.data)")
     onnx_session(data, optimize=False)
