@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import json
-import sys
 import textwrap
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import importable_module
 
 from ghostify.cli import main
 from ghostify.export.latency import bench_onnx, compare, cpu_info, percentiles, profile_onnx, time_onnx
@@ -30,11 +30,7 @@ MODELS_SRC = textwrap.dedent("""
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("bench_models")
-    (d / "bench_cli_models.py").write_text(MODELS_SRC)
-    sys.path.insert(0, str(d))
-    yield d
-    sys.path.remove(str(d))
+    yield from importable_module(tmp_path_factory, "bench_cli_models", MODELS_SRC)
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

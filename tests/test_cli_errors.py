@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import importable_module
 from torch import nn
 
 from ghostify.cli import main
@@ -51,11 +52,7 @@ GHOSTIFY = REPO / ".venv" / "bin" / "ghostify"
 
 @pytest.fixture(scope="module")
 def models_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    d = tmp_path_factory.mktemp("cli_models")
-    (d / "cli_err_models.py").write_text(MODELS_SRC)
-    sys.path.insert(0, str(d))
-    yield d
-    sys.path.remove(str(d))
+    yield from importable_module(tmp_path_factory, "cli_err_models", MODELS_SRC)
 
 
 @pytest.fixture(scope="module")
