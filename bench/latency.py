@@ -13,9 +13,10 @@ Stages (``--only``, default all; each updates its key in the JSON):
 * ``ghostnet``: our GhostNet-1.0 exported by ghostify vs timm's ``ghostnet_100`` exported by plain
   ``torch.onnx.export`` (the bar: ours is no slower).
 * ``ceiling``: what the bar can reach at best on this CPU. ResNet-50, its s=2 d=3 deployment form,
-  and that form with every depthwise convolution (the cheap operations, and the identity 1x1s that
-  carry the residual Add) cut out of the ONNX graph, timed three-way interleaved. The third
-  model computes the wrong function; it only shows what the dense convolutions alone cost.
+  that form without the identity 1x1 depthwise convolutions that carry the intrinsic part's
+  residual Add + ReLU, and that form with every depthwise convolution cut out of the ONNX graph,
+  timed four-way interleaved. The last two compute the wrong function; they only show what the
+  identity passes and the cheap operations cost.
 * ``bar``: ResNet-50 s=2 d=3 through the CLI (``ghostify convert``, ``ghostify export`` on both
   models), timed by ``ghostify bench`` and by the independent ``bench/ort_harness.py`` at 1 and
   2 threads.
@@ -211,17 +212,18 @@ def stage_bar(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-def strip_depthwise(src: Path, dst: Path) -> int:
+def strip_depthwise(src: Path, dst: Path, *, kernel: int | None = None) -> int:
     """Copy ``src`` without its depthwise Conv nodes (and the Add/Relu chained onto each).
 
     Each removed chain's output is rewired to the depthwise conv's input (same shape: the cheap
-    operation is stride 1, m -> m channels). Returns how many depthwise convs were removed.
+    operation is stride 1, m -> m channels). ``kernel=1`` removes only the 1x1 ones (the identity
+    convolutions carrying the intrinsic part's residual Add + ReLU). Returns how many were removed.
     """
     import onnx
 
     m = onnx.load(str(src))
     g = m.graph
-    channels = {t.name: t.dims[0] for t in g.initializer if len(t.dims) == 4}
+    weights = {t.name: list(t.dims) for t in g.initializer if len(t.dims) == 4}
     consumers: dict[str, list[Any]] = {}
     for n in g.node:
         for i in n.input:
@@ -231,7 +233,8 @@ def strip_depthwise(src: Path, dst: Path) -> int:
         if n.op_type != "Conv":
             continue
         group = next((a.i for a in n.attribute if a.name == "group"), 1)
-        if group <= 1 or group != channels.get(n.input[1]):
+        w = weights.get(n.input[1])
+        if group <= 1 or w is None or group != w[0] or (kernel is not None and w[2:] != [kernel, kernel]):
             continue
         removed += 1
         chain, out = [n], n.output[0]
@@ -257,6 +260,10 @@ def strip_depthwise(src: Path, dst: Path) -> int:
         raise SystemExit("a depthwise chain feeds a graph output; cannot strip it")
     del g.node[:]
     g.node.extend(keep)
+    used = {i for n in keep for i in n.input}
+    unused = [t for t in g.initializer if t.name not in used]  # else onnxruntime warns once per weight
+    for t in unused:
+        g.initializer.remove(t)
     onnx.save(m, str(dst))
     return removed
 
@@ -268,26 +275,34 @@ def stage_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
 
     orig = torchvision.models.resnet50().eval()
     ghost = reinit(ghostify.convert(orig, 2, D))
-    a, b, c = work / "ceil_resnet50.onnx", work / "ceil_resnet50_s2d3.onnx", work / "ceil_resnet50_s2d3_dense.onnx"
+    a, b = work / "ceil_resnet50.onnx", work / "ceil_resnet50_s2d3.onnx"
+    c, d = work / "ceil_resnet50_s2d3_dense.onnx", work / "ceil_resnet50_s2d3_no_identity.onnx"
     export(orig, a)
     export(ghost, b)
     removed = strip_depthwise(b, c)
+    identity = strip_depthwise(b, d, kernel=1)
     by_module = count_macs(ghost, torch.randn(1, *SIZE)).by_module
     cheap_macs = sum(by_module.get(name, 0) for name, mod in ghost.named_modules()
                      if isinstance(mod, nn.Conv2d) and mod.groups > 1 and mod.groups == mod.in_channels)
-    out: dict[str, Any] = {"depthwise_convs_removed": removed, "macs_original": macs(orig), "macs_ghost": macs(ghost),
-                           "macs_depthwise_in_ghost": cheap_macs}
+    out: dict[str, Any] = {"depthwise_convs_removed": removed, "identity_convs_removed": identity,
+                           "macs_original": macs(orig), "macs_ghost": macs(ghost),
+                           "macs_depthwise_in_ghost": cheap_macs,
+                           "models": ["resnet50", "ghost", "ghost without depthwise convs (dense only)",
+                                      "ghost without the identity 1x1 depthwise convs"]}
     for threads in (1, 2):
-        timed = time_onnx([a, b, c], threads=threads, runs=args.bar_runs, warmup=10)
-        full, dense = compare(timed[:2]), compare([timed[0], timed[2]])
+        timed = time_onnx([a, b, c, d], threads=threads, runs=args.bar_runs, warmup=10)
+        full, dense, no_id = (compare([timed[0], t]) for t in timed[1:])
         out[f"threads_{threads}"] = {
             "speedup_ghost": full["speedup"], "speedup_ghost_p10_p90": [full["speedup_p10"], full["speedup_p90"]],
             "speedup_dense_only": dense["speedup"],
             "speedup_dense_only_p10_p90": [dense["speedup_p10"], dense["speedup_p90"]],
+            "speedup_no_identity": no_id["speedup"],
+            "speedup_no_identity_p10_p90": [no_id["speedup_p10"], no_id["speedup_p90"]],
             "p50_ms": [t.summary()["p50_ms"] for t in timed],
         }
-        print(f"ceiling, {threads} thread(s): ghost {full['speedup']:.3f}x, dense convs only "
-              f"{dense['speedup']:.3f}x (MAC ratio {out['macs_original'] / out['macs_ghost']:.3f})", flush=True)
+        print(f"ceiling, {threads} thread(s): ghost {full['speedup']:.3f}x, without identity passes "
+              f"{no_id['speedup']:.3f}x, dense convs only {dense['speedup']:.3f}x "
+              f"(MAC ratio {out['macs_original'] / out['macs_ghost']:.3f})", flush=True)
     return out
 
 
@@ -388,17 +403,22 @@ def markdown(data: dict[str, Any]) -> str:
                              f"{gh['speedup_p90']:.2f}) |")
     ceil = data.get("ceiling_resnet50_s2d3")
     if ceil:
-        lines += ["", f"Ceiling (`{data.get('commands', {}).get('ceiling', '')}`, three models interleaved): "
-                      f"ResNet-50 vs its deployed s=2 d=3 form, and vs that form with its "
+        n_id = ceil.get("identity_convs_removed")
+        lines += ["", f"Ceiling (`{data.get('commands', {}).get('ceiling', '')}`, models interleaved): "
+                      f"ResNet-50 vs its deployed s=2 d=3 form, vs that form without its {n_id} identity 1×1 "
+                      f"depthwise convolutions (the intrinsic part's residual Add + ReLU), and vs that form with all "
                       f"{ceil['depthwise_convs_removed']} depthwise convolutions cut out of the graph (dense "
                       f"convolutions only; MAC ratio {ceil['macs_original'] / ceil['macs_ghost']:.2f}×):", "",
-                  "| threads | Ghost model speed-up (p10–p90) | dense convolutions only (p10–p90) |", "|---|---|---|"]
+                  "| threads | Ghost model (p10–p90) | without identity passes (p10–p90) | dense convolutions only "
+                  "(p10–p90) |", "|---|---|---|---|"]
         for t in (1, 2):
             k = ceil.get(f"threads_{t}")
             if k:
                 g, dn = k["speedup_ghost_p10_p90"], k["speedup_dense_only_p10_p90"]
+                ni = k.get("speedup_no_identity_p10_p90")
+                mid = (f"{k['speedup_no_identity']:.2f}× ({ni[0]:.2f}–{ni[1]:.2f})" if ni else "–")
                 lines.append(f"| {t} thread{'s' if t > 1 else ''} | {k['speedup_ghost']:.2f}× ({g[0]:.2f}–{g[1]:.2f}) "
-                             f"| {k['speedup_dense_only']:.2f}× ({dn[0]:.2f}–{dn[1]:.2f}) |")
+                             f"| {mid} | {k['speedup_dense_only']:.2f}× ({dn[0]:.2f}–{dn[1]:.2f}) |")
     return "\n".join(lines)
 
 
