@@ -68,6 +68,17 @@ def test_feature_term_pulls_each_ghost_module_towards_the_conv_it_replaced():
         cfg = FinetuneConfig(max_steps=1, batch_size=8, feature_weight=1.0)
         finetune(copy.deepcopy(teacher), teacher, data, None, cfg)
     assert all(p.requires_grad for p in teacher.parameters())  # finetune leaves the teacher's flags alone
+
+
+def test_finetune_gives_the_teacher_back_in_the_modes_it_came_in():
+    teacher, data = _teacher(), _data()
+    student = ghostify.convert(teacher, s=2, d=3, init="random")
+    teacher.train()
+    teacher[1].eval()  # a mixed state (say, a frozen BN) must come back as it was, not as train()
+    before = {name: m.training for name, m in teacher.named_modules()}
+    finetune(student, teacher, data, None, FinetuneConfig(max_steps=1, batch_size=8))
+    assert {name: m.training for name, m in teacher.named_modules()} == before
+    assert not student.training  # the student is returned ready to evaluate
     with pytest.raises(ghostify.GhostifyError, match="no trainable parameters"):
         frozen = copy.deepcopy(teacher).requires_grad_(False)
         finetune(frozen, teacher, data, None, FinetuneConfig(max_steps=1, batch_size=8))

@@ -318,11 +318,19 @@ def finetune(
     (tests use it to interrupt a run).
     """
     cfg = (config or FinetuneConfig()).resolved()
+    # the teacher is borrowed: it runs in eval mode on the training device, then goes back to the
+    # mode of each of its modules and the device it came on (the caller may still train or convert it)
+    modes = [(m, m.training) for m in teacher.modules()]
+    home = next((t.device for t in (*teacher.parameters(), *teacher.buffers())), None)
     ctx = dist_context(device)
     try:
         return _run(student, teacher, train_data, test_data, cfg, ctx, checkpoint, resume, metrics, progress, on_step)
     finally:
         ctx.close()
+        for m, training in modes:
+            m.training = training
+        if home is not None:
+            teacher.to(home)
 
 
 def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data: Dataset | None,
@@ -347,7 +355,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
     student.to(dev)
     # the teacher runs under no_grad; its requires_grad flags are left alone: freezing them here
     # would freeze every layer a later ghostify.convert(teacher) copies unconverted (stem, head)
-    teacher.to(dev).eval()
+    teacher.to(dev).eval()  # finetune() restores its modes and device afterwards
     model: nn.Module = student
     if ctx.distributed:
         if dev.type == "cuda":
