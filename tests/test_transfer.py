@@ -157,6 +157,7 @@ def test_data_free_with_input_size_fits_on_inputs_distilled_from_batchnorm():
         model[1].running_var.uniform_(0.5, 2)
     model.eval()
 
+    @torch.no_grad()
     def mismatch(x: torch.Tensor) -> float:
         a = model[0](x)
         return float((a.mean((0, 2, 3)) - model[1].running_mean).pow(2).mean())
