@@ -53,7 +53,7 @@ def main() -> int:
     t = report["totals"]
     result = {
         "command": "python bench/convert_resnet50.py " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-        "cli": "ghostify convert torchvision:resnet50 --s 2 --d 3 --out X --json r.json",
+        "cli": " ".join(["ghostify", *cmd[1:]]).replace(str(out), "X.ghost").replace(str(rep), "r.json"),
         "machine": {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(),
                     "load_average_1min_before": round(load_before, 2)},
         "wall_s": [round(w, 2) for w in walls],

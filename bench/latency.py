@@ -17,11 +17,13 @@ Stages (``--only``, default all; each updates its key in the JSON):
   residual Add + ReLU, and that form with every depthwise convolution cut out of the ONNX graph,
   timed four-way interleaved. The last two compute the wrong function; they only show what the
   identity passes and the cheap operations cost.
+* ``ablation``: each rule of the deployment form switched off in turn (ResNet-50 s=2 and s=4,
+  MobileNetV2 s=2 and s=4), every variant timed interleaved with the original at 1 thread.
 * ``bar``: ResNet-50 s=2 d=3 through the CLI (``ghostify convert``, ``ghostify export`` on both
   models), timed by ``ghostify bench`` and by the independent ``bench/ort_harness.py`` at 1 and
   2 threads.
 
-    python bench/latency.py [--runs 40] [--warmup 5] [--threads 1] [--only table,ghostnet,ceiling,bar]
+    python bench/latency.py [--runs 40] [--warmup 5] [--threads 1] [--only table,ghostnet,ceiling,bar,ablation]
 """
 
 from __future__ import annotations
@@ -306,6 +308,77 @@ def stage_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
+# Each rule of the deployment form switched off in turn (ghostify/export/deploy.py's switches);
+# every variant computes the same function (tests/test_deploy.py), only its graph differs.
+ABLATION: list[tuple[str, int, list[tuple[str, dict[str, Any]]]]] = [
+    ("resnet50", 2, [
+        ("training form (paper form; onnxruntime folds the BN, the Concat stays)", {"deploy": False}),
+        ("deployment form, parts read through a Concat + one convolution",
+         {"SPLIT_SUM": False, "IDENTITY_ADD": False}),
+        ("deployment form, split convolutions W_a a + W_b b, unfused intrinsic Add + ReLU", {"IDENTITY_ADD": False}),
+        ("deployment form (all rules)", {}),
+    ]),
+    ("resnet50", 4, [
+        ("deployment form, cheap conv kept as one channel-multiplier conv", {"SPLIT_MULTIPLIER": False}),
+        ("deployment form (all rules)", {}),
+    ]),
+    ("mobilenet_v2", 2, [
+        ("deployment form, split convolutions before ReLU6 too", {"CONCAT_BEFORE_OTHER_ACTS": False}),
+        ("deployment form (all rules)", {}),
+    ]),
+    ("mobilenet_v2", 4, [
+        ("deployment form, m not padded to the NCHWc block", {"align": 0}),
+        ("deployment form (all rules)", {}),
+    ]),
+]
+
+
+def stage_ablation(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
+    import importlib
+
+    import torchvision
+
+    from ghostify.export.latency import compare, time_onnx
+
+    rules = importlib.import_module("ghostify.export.deploy")  # the package re-exports the function
+    groups = []
+    for name, s, variants in ABLATION:
+        torch.manual_seed(0)
+        orig = getattr(torchvision.models, name)().eval()
+        ghost = reinit(ghostify.convert(orig, s, D))
+        base = work / f"abl_{name}.onnx"
+        export(orig, base)
+        paths = [base]
+        for k, (_, setting) in enumerate(variants):
+            switches = {key: val for key, val in setting.items() if key.isupper()}
+            saved = {key: getattr(rules, key) for key in switches}
+            try:
+                for key, val in switches.items():
+                    setattr(rules, key, val)
+                model = ghost
+                if setting.get("deploy", True):
+                    model = rules.deploy(ghost, align=setting.get("align", 16))
+            finally:
+                for key, val in saved.items():
+                    setattr(rules, key, val)
+            path = work / f"abl_{name}_s{s}_{k}.onnx"
+            res = export_onnx(model, path, SIZE, deploy=False)  # already in the form to time
+            if not res.passed:
+                raise SystemExit(f"parity failed for {path}: {res.max_rel_error}")
+            paths.append(path)
+        timed = time_onnx(paths, threads=1, runs=args.runs, warmup=args.warmup)
+        rows = []
+        for (label, setting), t in zip(variants, timed[1:], strict=True):
+            c = compare([timed[0], t])
+            rows.append({"variant": label, "setting": setting, "speedup": c["speedup"],
+                         "speedup_p10": c["speedup_p10"], "speedup_p90": c["speedup_p90"],
+                         "p50_ms": t.summary()["p50_ms"]})
+            print(f"ablation {name} s={s}: {label}: {c['speedup']:.2f}x", flush=True)
+        groups.append({"model": f"torchvision:{name}", "s": s, "d": D, "runs": args.runs,
+                       "original_p50_ms": timed[0].summary()["p50_ms"], "variants": rows})
+    return groups
+
+
 def plot(data: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -404,11 +477,13 @@ def markdown(data: dict[str, Any]) -> str:
     ceil = data.get("ceiling_resnet50_s2d3")
     if ceil:
         n_id = ceil.get("identity_convs_removed")
+        dense_ratio = ceil["macs_original"] / (ceil["macs_ghost"] - ceil.get("macs_depthwise_in_ghost", 0))
         lines += ["", f"Ceiling (`{data.get('commands', {}).get('ceiling', '')}`, models interleaved): "
                       f"ResNet-50 vs its deployed s=2 d=3 form, vs that form without its {n_id} identity 1×1 "
                       f"depthwise convolutions (the intrinsic part's residual Add + ReLU), and vs that form with all "
                       f"{ceil['depthwise_convs_removed']} depthwise convolutions cut out of the graph (dense "
-                      f"convolutions only; MAC ratio {ceil['macs_original'] / ceil['macs_ghost']:.2f}×):", "",
+                      f"convolutions only). MAC ratio {ceil['macs_original'] / ceil['macs_ghost']:.2f}× for the "
+                      f"Ghost model, {dense_ratio:.2f}× for its dense convolutions:", "",
                   "| threads | Ghost model (p10–p90) | without identity passes (p10–p90) | dense convolutions only "
                   "(p10–p90) |", "|---|---|---|---|"]
         for t in (1, 2):
@@ -419,6 +494,15 @@ def markdown(data: dict[str, Any]) -> str:
                 mid = (f"{k['speedup_no_identity']:.2f}× ({ni[0]:.2f}–{ni[1]:.2f})" if ni else "–")
                 lines.append(f"| {t} thread{'s' if t > 1 else ''} | {k['speedup_ghost']:.2f}× ({g[0]:.2f}–{g[1]:.2f}) "
                              f"| {mid} | {k['speedup_dense_only']:.2f}× ({dn[0]:.2f}–{dn[1]:.2f}) |")
+    abl = data.get("ablation")
+    if abl:
+        lines += ["", f"Ablation (`{data.get('commands', {}).get('ablation', '')}`; each group timed interleaved "
+                      "with its original, 1 thread; every variant computes the same function):", "",
+                  "| model | s | deployment variant | speed-up over the original (p10–p90) |", "|---|---|---|---|"]
+        for g in abl:
+            for v in g["variants"]:
+                lines.append(f"| {g['model'].split(':')[-1]} | {g['s']} | {v['variant']} | {v['speedup']:.2f}× "
+                             f"({v['speedup_p10']:.2f}–{v['speedup_p90']:.2f}) |")
     return "\n".join(lines)
 
 
@@ -428,7 +512,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--bar-runs", type=int, default=100)
-    ap.add_argument("--only", default="table,ghostnet,ceiling,bar")
+    ap.add_argument("--only", default="table,ghostnet,ceiling,bar,ablation")
     ap.add_argument("--models", default=",".join(TABLE + ["ghostnet"]),
                     help="Table rows to (re)measure; the others are kept from --out.")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "latency.json"))
@@ -466,6 +550,8 @@ def main(argv: list[str] | None = None) -> int:
                 data["ceiling_resnet50_s2d3"] = stage_ceiling(args, work)
             elif stage == "bar":
                 data["bar_resnet50_s2d3"] = stage_bar(args, work)
+            elif stage == "ablation":
+                data["ablation"] = stage_ablation(args, work)
             else:
                 raise SystemExit(f"unknown stage {stage!r}")
             data["commands"][stage] = command

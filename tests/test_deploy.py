@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -124,6 +125,21 @@ def test_resnet_deploy_same_function_and_concat_free(s: int) -> None:
     cats = [n for n in dep.graph.nodes if n.target is torch.cat]
     assert len(cats) == 1
     assert all(isinstance(dep.get_submodule(a.target), nn.AdaptiveAvgPool2d) for a in cats[0].args[0])
+
+
+@pytest.mark.parametrize("switch", ["SPLIT_SUM", "IDENTITY_ADD", "SPLIT_MULTIPLIER", "CONCAT_BEFORE_OTHER_ACTS"])
+def test_each_rule_switched_off_keeps_the_function(switch: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bench/latency.py's ablation turns the rules off one at a time: each variant must stay exact."""
+    deploy_module = importlib.import_module("ghostify.export.deploy")  # the package re-exports the function
+    model = TinyResNet()
+    if switch == "CONCAT_BEFORE_OTHER_ACTS":  # the rule is about activations onnxruntime cannot fuse with a sum
+        for block in (*model.layer1, *model.layer2):
+            block.relu = nn.ReLU6()
+    ghost = ghostify.convert(model, 4, 3)
+    on = _ops(_check_same(ghost))
+    monkeypatch.setattr(deploy_module, switch, False)
+    off = _ops(_check_same(ghost))
+    assert off != on  # the switch does change the graph
 
 
 def test_original_model_deploys_too() -> None:

@@ -50,6 +50,8 @@ DEPLOY_NOTES_ATTR = "ghostify_deploy_notes"
 # Switches for the measured rules (docs/deploy.md has the ablation); all on by default.
 SPLIT_SUM = True  # dense conv on parts: W_a a + W_b b (off: Concat, then one conv)
 IDENTITY_ADD = True  # 1x1 depthwise identity conv so the intrinsic part's Add+ReLU fuse
+SPLIT_MULTIPLIER = True  # s > 2: the cheap conv's channel multiplier as s-1 true depthwise convs
+CONCAT_BEFORE_OTHER_ACTS = True  # a primary conv followed by ReLU6/Hardswish/...: read concatenated parts
 MAX_PAD_FRACTION_INV = 4  # pad m only by up to m/4
 
 # Elementwise ops that act on every channel alike (so they run part by part unchanged).
@@ -261,7 +263,8 @@ class _Builder:
             inv[ghost.channel_order] = torch.arange(n)
             idx = inv
         split = (cconv.groups == m and isinstance(norm, nn.Identity) and isinstance(cnorm, nn.Identity)
-                 and type(cconv) is nn.Conv2d and type(conv) is nn.Conv2d and conv.groups == 1)
+                 and type(cconv) is nn.Conv2d and type(conv) is nn.Conv2d and conv.groups == 1
+                 and (k == 1 or SPLIT_MULTIPLIER))
         pad = (-m) % self.align if split and self.align > 1 else 0
         if pad * MAX_PAD_FRACTION_INV > m:  # a few intrinsic maps padded to 16 cost more than they save
             pad = 0
@@ -272,7 +275,7 @@ class _Builder:
             conv = _slice_conv(conv, torch.cat([torch.arange(m), torch.full((pad,), -1)]), None)
             self.padded += 1
         junk = torch.full((pad,), -1, dtype=torch.long)
-        if isinstance(value, _Blocked) and not isinstance(act, _SUM_FUSABLE_ACTS):
+        if isinstance(value, _Blocked) and not isinstance(act, _SUM_FUSABLE_ACTS) and CONCAT_BEFORE_OTHER_ACTS:
             # onnxruntime fuses only ReLU after a convolution that also adds (the split form
             # W_a a + W_b b); a ReLU6/Hardswish there would leave NCHWc (reorders + Clip): concat
             # the (block-aligned) parts instead, which stays in NCHWc.
