@@ -25,6 +25,7 @@ import json
 import math
 import os
 import zipfile
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -83,8 +84,12 @@ def _number(obj: Any, key: str, where: str, label: str) -> float:
     if key not in obj:
         raise GhostifyError(f"{label}: {where} has no {key!r}")
     value = obj[key]
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-        raise GhostifyError(f"{label}: {where}.{key} is not a finite number ({value!r})")
+    try:  # float() of a 400-digit integer overflows
+        finite = not isinstance(value, bool) and isinstance(value, (int, float)) and math.isfinite(float(value))
+    except OverflowError:
+        finite = False
+    if not finite:
+        raise GhostifyError(f"{label}: {where}.{key} is not a finite number ({str(value)[:40]!r})")
     return float(value)
 
 
@@ -145,7 +150,7 @@ def _from_json_lines(text: str, label: str) -> dict[str, float]:
             continue
         try:
             record = json.loads(line)
-        except ValueError:
+        except (ValueError, RecursionError):
             raise GhostifyError(f"{label}: not JSON (line {i} of a JSON-lines file does not parse)") from None
         if not isinstance(record, dict):
             raise GhostifyError(f"{label}: line {i} is not a JSON object")
@@ -181,7 +186,7 @@ def read_figures(path: str | os.PathLike) -> dict[str, float]:
         try:
             with zipfile.ZipFile(path) as zf:
                 raw = zf.read("recipe.json")
-        except (zipfile.BadZipFile, KeyError, OSError, ValueError):
+        except (zipfile.BadZipFile, KeyError, OSError, ValueError, NotImplementedError, zlib.error, EOFError):
             raise GhostifyError(f"{label}: a zip file without a readable recipe.json, not a report") from None
     try:
         text = raw.decode("utf-8")

@@ -34,8 +34,13 @@ def read_idx(path: str | Path) -> torch.Tensor:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise GhostifyError(f"{path}: not an IDX file")
     dtype, ndim = _IDX_DTYPES[data[2]], data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise GhostifyError(f"{path}: truncated IDX file (its header promises {ndim} dimensions)")
     shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
     body = bytearray(data[4 + 4 * ndim:])
+    width = torch.empty((), dtype=dtype).element_size()
+    if len(body) % width:
+        raise GhostifyError(f"{path}: truncated IDX file ({len(body)} bytes of {width}-byte values)")
     tensor = torch.frombuffer(body, dtype=torch.uint8) if dtype == torch.uint8 else None
     if tensor is None:  # multi-byte IDX data is big-endian
         import numpy as np

@@ -191,8 +191,15 @@ def _cifar_batch(path: Path) -> tuple[torch.Tensor, torch.Tensor]:
     labels = obj.get(b"labels", obj.get("labels"))
     if data is None or labels is None:
         raise GhostifyError(f"{path}: CIFAR-10 batch without data/labels")
-    data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return torch.from_numpy(data.copy()), torch.tensor(list(labels), dtype=torch.long)
+    try:
+        data = np.asarray(data, dtype=np.uint8).reshape(-1, 3, 32, 32)
+        labels = torch.tensor(list(labels), dtype=torch.long)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise GhostifyError(f"{path}: not a CIFAR-10 batch (data must be N×3072 bytes, labels N integers: "
+                            f"{exc})") from None
+    if labels.shape[0] != data.shape[0]:
+        raise GhostifyError(f"{path}: CIFAR-10 batch with {data.shape[0]} images but {labels.shape[0]} labels")
+    return torch.from_numpy(data.copy()), labels
 
 
 def _cifar10(root: Path, train: bool) -> ImageData:

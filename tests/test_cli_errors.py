@@ -287,7 +287,7 @@ def test_output_equal_to_input_never_overwrites(capsys, small_pt, force):
     before = small_pt.read_bytes()
     args = ["convert", str(small_pt), "--input-size", "3,16,16", "--out", str(small_pt)]
     rc, _, err = run_cli(capsys, *args, *(["--force"] if force else []))
-    assert_one_line_error(rc, err, "is the input file")
+    assert_one_line_error(rc, err, "is also an input")
     assert small_pt.read_bytes() == before
 
 
@@ -295,7 +295,7 @@ def test_json_equal_to_input_never_overwrites(capsys, small_pt, tmp_path):
     before = small_pt.read_bytes()
     rc, _, err = run_cli(capsys, "convert", str(small_pt), "--input-size", "3,16,16", "--out",
                          str(tmp_path / "o.ghost"), "--json", str(small_pt), "--force")
-    assert_one_line_error(rc, err, "is the input file")
+    assert_one_line_error(rc, err, "is also an input")
     assert small_pt.read_bytes() == before
     assert not (tmp_path / "o.ghost").exists()
 
@@ -489,5 +489,134 @@ def test_analyze_json_never_overwrites_the_model_file(capsys, small_pt):
     before = small_pt.read_bytes()
     rc, _, err = run_cli(capsys, "analyze", str(small_pt), "--input-size", "3,16,16", "--json", str(small_pt),
                          "--force")
-    assert_one_line_error(rc, err, "is the input file")
+    assert_one_line_error(rc, err, "is also an input")
     assert small_pt.read_bytes() == before
+
+
+# ---- cases from the bad-input audit: each once gave exit 1 ("unexpected ...") or touched a user's file ----
+
+def _tamper_recipe(src: Path, dst: Path, edit) -> Path:
+    """Copy the archive ``src`` to ``dst`` with its recipe.json passed through ``edit``."""
+    import json
+
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for item in zin.namelist():
+            data = zin.read(item)
+            if item == "recipe.json":
+                data = json.dumps(edit(json.loads(data))).encode()
+            zout.writestr(item, data)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def small_ghost(tmp_path_factory: pytest.TempPathFactory, models_dir: Path) -> Path:
+    out = tmp_path_factory.mktemp("ghost") / "small.ghost"
+    assert main(["convert", "cli_err_models:small", "--input-size", "3,16,16", "--out", str(out), "--no-layers"]) == 0
+    return out
+
+
+def test_archive_naming_a_factory_is_not_rebuilt_without_trust(capsys, small_ghost, tmp_path):
+    # the recipe's source is a factory spec: rebuilding would import and call code the archive names
+    evil = _tamper_recipe(small_ghost, tmp_path / "evil.ghost", lambda r: {**r, "source": "os:getpid"})
+    rc, _, err = run_cli(capsys, "analyze", str(evil))
+    assert_one_line_error(rc, err, "pass --trust")
+    # the archive ghostify wrote itself from a factory spec needs --trust just the same, and loads with it
+    assert main(["analyze", str(small_ghost), "--no-layers", "--trust"]) == 0
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda r: [1, 2], "expected an object"),
+    (lambda r: {k: v for k, v in r.items() if k != "config"}, "no 'config'"),
+    (lambda r: {**r, "converted": "x"}, "'converted'"),
+    (lambda r: {**r, "input_size": [3, 0, 16]}, "'input_size'"),
+    (lambda r: {**r, "aliases": ["a"]}, "'aliases'"),
+    (lambda r: {**r, "aliases": {"x": "missing"}}, "missing tensor"),
+])
+def test_hand_edited_recipe_is_a_one_line_error(capsys, small_ghost, tmp_path, edit, needle):
+    bad = _tamper_recipe(small_ghost, tmp_path / "bad.ghost", edit)
+    rc, _, err = run_cli(capsys, "analyze", str(bad), "--trust")
+    assert_one_line_error(rc, err, needle)
+
+
+def test_outputs_never_replace_an_arch_file(capsys, tmp_path, models_dir):
+    import cli_err_models
+
+    arch, weights = tmp_path / "arch.pt", tmp_path / "w.pth"
+    torch.save(cli_err_models.small(), arch)
+    torch.save(cli_err_models.small().state_dict(), weights)
+    before = arch.read_bytes()
+    for args in (["convert", str(weights), "--arch", str(arch), "--input-size", "3,16,16", "--out",
+                  str(tmp_path / "arch.ghost"), "--json", str(arch), "--force"],
+                 ["analyze", str(weights), "--arch", str(arch), "--input-size", "3,16,16", "--json", str(arch),
+                  "--force"]):
+        rc, _, err = run_cli(capsys, *args)
+        assert_one_line_error(rc, err, "is also an input")
+    assert arch.read_bytes() == before
+
+
+def test_convert_output_needs_the_ghost_suffix(capsys, tmp_path, models_dir):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out",
+                         str(tmp_path / "x.pt"))
+    assert_one_line_error(rc, err, ".ghost suffix")
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_json_to_stdout_is_only_json(capsys, tmp_path, models_dir):
+    import json
+
+    rc, out, _ = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--out",
+                         str(tmp_path / "s.ghost"), "--json", "-")
+    assert rc == 0
+    assert json.loads(out)["kind"] == "convert"  # the human table went to stderr
+
+
+@pytest.mark.parametrize("payload, needle", [
+    ('{"totals": {"macs_before": ' + "9" * 400 + ', "macs_after": 1, "params_before": 2, "params_after": 1}}',
+     "not a finite number"),
+    ('{"latency_ratio": 1}\n' + "[" * 100000 + "]" * 100000 + "\n", "not JSON"),
+])
+def test_check_reports_that_once_overflowed(capsys, tmp_path, payload, needle):
+    report = tmp_path / "r.json"
+    report.write_text(payload)
+    rc, _, err = run_cli(capsys, "check", str(report), "--min-macs-reduction", "1.5")
+    assert_one_line_error(rc, err, needle)
+
+
+def test_corrupt_zip_member_in_check_is_one_line(capsys, tmp_path):
+    bad = tmp_path / "bad.ghost"
+    with zipfile.ZipFile(bad, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        zf.writestr("recipe.json", b'{"format": 1}' * 200)
+    raw = bytearray(bad.read_bytes())
+    start = raw.find(b"recipe.json") + len("recipe.json")  # the deflated body right after the local header
+    raw[start:start + 2] = b"\xff\xff"  # a reserved deflate block type: zlib.error, not BadZipFile
+    bad.write_bytes(bytes(raw))
+    rc, _, err = run_cli(capsys, "check", str(bad), "--min-macs-reduction", "1.5")
+    assert_one_line_error(rc, err, "recipe.json")
+
+
+def test_int_keyed_dict_of_tensors_is_not_a_state_dict(capsys, tmp_path):
+    path = tmp_path / "odd.pt"
+    torch.save({1: torch.zeros(2)}, path)
+    rc, _, err = run_cli(capsys, "analyze", str(path), "--arch", "cli_err_models:small")
+    assert_one_line_error(rc, err, "not a state_dict")
+
+
+def test_absurd_ratio_is_one_line(capsys, models_dir):
+    rc, _, err = run_cli(capsys, "convert", "cli_err_models:small", "--input-size", "3,16,16", "--s",
+                         "99999999999999999999")
+    assert_one_line_error(rc, err, "at most")
+
+
+def test_bench_rejects_what_it_cannot_time(capsys, tmp_path):
+    import onnx
+    from onnx import TensorProto, helper
+
+    g = helper.make_graph([helper.make_node("Identity", ["x"], ["y"])], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.INT64, [1, 4])],
+                          [helper.make_tensor_value_info("y", TensorProto.INT64, [1, 4])])
+    path = tmp_path / "int.onnx"
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), path)
+    rc, _, err = run_cli(capsys, "bench", str(path), "--runs", "1", "--warmup", "0")
+    assert_one_line_error(rc, err, "float images only")
+    rc, _, err = run_cli(capsys, "bench", str(path), "--threads", "100000")
+    assert_one_line_error(rc, err, "--threads must be between 1 and")

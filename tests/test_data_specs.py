@@ -105,3 +105,24 @@ def test_tensors_and_model_config():
 def test_bad_specs_are_one_line_errors(spec, message):
     with pytest.raises(GhostifyError, match=message):
         open_data(spec)
+
+
+def test_malformed_idx_and_cifar_files_are_one_line_errors(tmp_path):
+    from ghostify.data import read_idx
+
+    short = tmp_path / "short-idx"
+    short.write_bytes(struct.pack(">BBBB", 0, 0, 0x08, 3) + b"\x00\x00")  # header promises 3 dims, has half of one
+    with pytest.raises(GhostifyError, match="truncated IDX"):
+        read_idx(short)
+    floats = tmp_path / "floats-idx"
+    floats.write_bytes(struct.pack(">BBBB", 0, 0, 0x0D, 1) + struct.pack(">I", 2) + b"\x00" * 7)  # 7 bytes of float32
+    with pytest.raises(GhostifyError, match="truncated IDX"):
+        read_idx(floats)
+
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (tmp_path / name).write_bytes(pickle.dumps({b"data": np.zeros(1000, np.uint8), b"labels": [0]}))
+    with pytest.raises(GhostifyError, match="not a CIFAR-10 batch"):
+        open_data(f"cifar10:{tmp_path}", train=False)
+    (tmp_path / "test_batch").write_bytes(pickle.dumps({b"data": np.zeros((2, 3072), np.uint8), b"labels": [0]}))
+    with pytest.raises(GhostifyError, match="2 images but 1 labels"):
+        open_data(f"cifar10:{tmp_path}", train=False)

@@ -156,6 +156,31 @@ def make_cli_fixture(tmp_path):
     return tmp_path / "teacher.pt", data
 
 
+def test_cli_finetune_never_writes_over_an_input_or_another_output(tmp_path, capsys):
+    teacher, data = make_cli_fixture(tmp_path)
+    ghost = tmp_path / "t.ghost"
+    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--out", str(ghost), "--no-layers"]) == 0
+    existing = tmp_path / "mine.ckpt"
+    existing.write_bytes(b"mine")
+    before = {p: p.read_bytes() for p in (teacher, ghost, existing)}
+    base = ["finetune", str(ghost), "--teacher", str(teacher), "--data", f"fashion-mnist:{data}", "--max-steps", "1",
+            "--batch-size", "8", "--out", str(tmp_path / "o.ghost")]
+    cases = [(["--checkpoint", str(ghost)], "is also an input"),
+             (["--checkpoint", str(teacher)], "is also an input"),
+             (["--metrics", str(teacher)], "is also an input"),
+             (["--out", str(teacher), "--force"], "is also an input"),
+             (["--checkpoint", str(tmp_path / "o.ghost")], "another output"),
+             (["--checkpoint", str(tmp_path / "m.jsonl"), "--metrics", str(tmp_path / "m.jsonl")], "another output"),
+             (["--checkpoint", str(tmp_path / "nodir" / "c.ckpt")], "does not exist"),
+             (["--checkpoint", str(existing)], "pass --resume to continue from it, or --force")]
+    for extra, needle in cases:
+        assert main(base + extra) == 2, extra
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err, (extra, err)
+    assert all(p.read_bytes() == b for p, b in before.items())
+    assert not (tmp_path / "o.ghost").exists()
+
+
 def test_cli_convert_transfer_then_finetune(tmp_path, capsys):
     teacher, data = make_cli_fixture(tmp_path)
     ghost = tmp_path / "t.ghost"
@@ -187,3 +212,29 @@ def test_cli_convert_transfer_then_finetune(tmp_path, capsys):
                  "--out", str(tmp_path / "y.ghost")]) == 2  # --calib without --init transfer
     err = capsys.readouterr().err
     assert "Traceback" not in err
+
+
+def test_cli_finetune_bad_values_are_one_line_errors(tmp_path, capsys):
+    teacher, data = make_cli_fixture(tmp_path)
+    ghost = tmp_path / "t.ghost"
+    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--out", str(ghost), "--no-layers"]) == 0
+    wide = tmp_path / "wide"  # ten classes for a model with four outputs
+    wide.mkdir()
+    rng = np.random.default_rng(1)
+    for prefix, n in (("train", 32), ("t10k", 8)):
+        _write_idx(wide / f"{prefix}-images-idx3-ubyte.gz", rng.integers(0, 256, (n, 28, 28)))
+        _write_idx(wide / f"{prefix}-labels-idx1-ubyte.gz", np.arange(n) % 10)
+    base = ["finetune", str(ghost), "--teacher", str(teacher), "--max-steps", "1", "--batch-size", "8"]
+    cases = [(["--data", f"fashion-mnist:{wide}"], "more classes than the model"),
+             (["--device", "foo"], "--device must be"),
+             (["--weight-decay", "-1"], "weight decay"),
+             (["--lr", "nan"], "learning rate"),
+             (["--train-samples", "0"], "--train-samples"),
+             (["--warmup-steps", "-1"], "warm-up"),
+             (["--checkpoint-every", "0"], "checkpoint-every"),
+             (["--input-size", "3,28,28"], "rejected an input")]
+    for k, (extra, needle) in enumerate(cases):
+        args = base + (extra if "--data" in extra else ["--data", f"fashion-mnist:{data}", *extra])
+        assert main(args + ["--out", str(tmp_path / f"o{k}.ghost")]) == 2, extra
+        err = capsys.readouterr().err
+        assert needle in err and "Traceback" not in err and len(err.strip().splitlines()) == 1, (extra, err)

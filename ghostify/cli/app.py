@@ -97,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         ctx = getattr(exc, "ctx", None)
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
-        error(exc.format_message().replace("\n", " ") + where)
+        message = exc.format_message().replace("\n", " ").strip() or "no command given"  # bare `ghostify`
+        error(message + where)
         return 2
     except KeyboardInterrupt:
         error("interrupted; nothing was written")

@@ -78,7 +78,7 @@ def convert(
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
     import ghostify
-    from ghostify.io.archive import check_output_path, save
+    from ghostify.io.archive import check_output_path, save, spec_paths
     from ghostify.io.specs import load_model
     from ghostify.report.render import render_report
     from ghostify.report.report import build_report, check_forward
@@ -88,10 +88,13 @@ def convert(
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
     out = out or default_output(spec, loaded.path, s, d)
-    inputs = [loaded.path]
+    inputs = [loaded.path, *spec_paths(arch, calib)]
     check_output_path(out, inputs, force)
+    if out.suffix != ".ghost":  # ghostify reads archives back by their suffix: x.pt would be taken for torch.save
+        raise GhostifyError(f"--out {out}: the output is a ghostify archive; give it the .ghost suffix "
+                            f"({out.with_suffix('.ghost').name})")
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, inputs + [out], force)
+        check_output_path(json_path, inputs + [out], force, flag="--json")
     calibration = None
     if calib is not None and init != "transfer":
         raise GhostifyError("--calib is used by --init transfer only")
@@ -119,7 +122,8 @@ def convert(
         y0, y1 = check_forward(loaded.model, loaded.input_size), check_forward(ghost, loaded.input_size)
     if tuple(y0.shape) != tuple(y1.shape):  # the rewrite must never change what the model returns
         raise RuntimeError(f"converted model output {tuple(y1.shape)} differs from the original {tuple(y0.shape)}")
-    render_report(report, console, layers=layers)
+    human_out = err_console if json_path is not None and str(json_path) == "-" else console  # stdout: JSON only
+    render_report(report, human_out, layers=layers)
     if not plan.converted:
         err_console.print(f"[yellow]warning:[/] {message}")
         return
@@ -129,7 +133,7 @@ def convert(
              extra={"totals": report.totals, "output_shape": list(y1.shape)})
     if json_path is not None:
         write_json(json_path, report.to_json())
-    console.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
+    human_out.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
                   + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
 
 
@@ -179,7 +183,7 @@ def analyze(
     import json
 
     import ghostify
-    from ghostify.io.archive import check_output_path
+    from ghostify.io.archive import check_output_path, spec_paths
     from ghostify.io.specs import load_model
     from ghostify.report.counting import count_macs, count_params
     from ghostify.report.render import human, render_report
@@ -189,7 +193,8 @@ def analyze(
     ss, ds = _int_list(sweep_s, "--sweep-s"), _int_list(sweep_d, "--sweep-d")
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, [Path(spec)], force)  # never the model file, even with --force
+        check_output_path(json_path, [Path(spec), *spec_paths(arch)], force, flag="--json")  # never an input
+    human_out = err_console if json_path is not None and str(json_path) == "-" else console  # stdout: JSON only
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
     _with_input_hint(loaded.model, lambda: check_forward(loaded.model, loaded.input_size))
@@ -197,7 +202,7 @@ def analyze(
         with err_console.status(f"analyzing {spec} (s={s}, d={d})"):
             ghost = ghostify.convert(loaded.model, config=config)
             report = build_report(loaded.model, ghost, loaded.input_size, spec, target)
-        render_report(report, console, layers=layers)
+        render_report(report, human_out, layers=layers)
         if json_path is not None:
             write_json(json_path, report.to_json())
         return
@@ -225,7 +230,7 @@ def analyze(
         table.add_row(str(r["s"]), str(r["d"]), human(r["params_after"]), human(r["macs_after"]),
                       f"{r['theoretical_speedup']:.2f}", f"{r['measured_speedup']:.2f}",
                       f"{r['measured_compression']:.2f}")
-    console.print(table)
+    human_out.print(table)
     if json_path is not None:
         write_json(json_path, json.dumps({"schema": "ghostify.sweep/1", "kind": "sweep", "model": spec,
                                            "input_size": list(loaded.input_size), "params_before": base_params,

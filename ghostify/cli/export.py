@@ -57,7 +57,7 @@ def export(
     Exit 1 when the outputs differ by more than --rtol (the file is then not written).
     """
     from ghostify.export.onnx import export_onnx
-    from ghostify.io.archive import check_output_path
+    from ghostify.io.archive import check_output_path, spec_paths
     from ghostify.io.specs import load_model
 
     if onnx.suffix.lower() != ".onnx":
@@ -68,10 +68,10 @@ def export(
         raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
-    inputs = [loaded.path]
-    check_output_path(onnx, inputs, force)
+    inputs = [loaded.path, *spec_paths(arch)]
+    check_output_path(onnx, inputs, force, flag="--onnx")
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, inputs + [onnx], force)
+        check_output_path(json_path, inputs + [onnx], force, flag="--json")
     form = "deployment form" if deploy else "training form"
     with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"):
         result = export_onnx(loaded.model, onnx, loaded.input_size, opset=opset, dynamic_batch=dynamic_batch,
@@ -117,7 +117,7 @@ def bench(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     from ghostify.export.latency import bench_onnx, bench_torch
-    from ghostify.io.archive import check_output_path
+    from ghostify.io.archive import check_output_path, spec_paths
     from ghostify.report.report import GPU_NOTE
 
     device = device.lower()
@@ -127,16 +127,22 @@ def bench(
     if torch_specs and len(torch_specs) > 2:
         raise GhostifyError("--torch takes one SPEC for A and optionally one for B")
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, [a] + ([b] if b else []), force)
+        check_output_path(json_path, [a] + ([b] if b else []) + spec_paths(*(torch_specs or [])), force,
+                          flag="--json")
+    models = []
+    if torch_specs:  # loaded and run once before any timing: a wrong --input-size is a one-line error
+        from ghostify.io.specs import load_model
+        from ghostify.report.report import check_forward
+
+        models = [load_model(s, input_size=input_size) for s in torch_specs]
+        for m in models:
+            check_forward(m.model, m.input_size)
     cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
     with Progress(*cols, console=err_console, transient=True) as progress:
         task = progress.add_task(f"onnxruntime, {threads} thread(s)", total=None)
         result = bench_onnx(a, b, threads=threads, batch=batch, runs=runs, warmup=warmup,
                             progress=lambda done, total: progress.update(task, completed=done, total=total))
         if torch_specs:
-            from ghostify.io.specs import load_model
-
-            models = [load_model(s, input_size=input_size) for s in torch_specs]
             task2 = progress.add_task(f"torch eager ({device})", total=None)
             result["torch"] = bench_torch(models[0].model, models[1].model if len(models) > 1 else None,
                                           models[0].input_size, batch=batch, runs=runs, warmup=warmup,

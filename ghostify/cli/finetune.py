@@ -58,7 +58,7 @@ def finetune(
     from rich.table import Table
 
     from ghostify.data_specs import open_data
-    from ghostify.io.archive import check_output_path, resave
+    from ghostify.io.archive import check_output_path, resave, spec_paths
     from ghostify.io.specs import load_model
     from ghostify.train import FinetuneConfig
     from ghostify.train import finetune as run_finetune
@@ -68,9 +68,15 @@ def finetune(
         raise GhostifyError(f"{ghost}: finetune expects a .ghost archive (make one with `ghostify convert`)")
     out = out or ghost.with_name(f"{ghost.stem}.ft.ghost")
     checkpoint = checkpoint or out.with_name(out.name + ".ckpt")
-    check_output_path(out, [ghost], force or resume)
+    # every file written here is checked before any training: none may be an input (the archive,
+    # the teacher, --arch, the data) or another output, and an existing checkpoint is only
+    # reused with --resume or replaced with --force
+    inputs = [ghost, *spec_paths(teacher, arch, data, test_data)]
+    check_output_path(out, inputs + [checkpoint] + ([metrics] if metrics else []), force or resume)
+    check_output_path(checkpoint, inputs + [out] + ([metrics] if metrics else []), force or resume, flag="--checkpoint",
+                      exists_hint="pass --resume to continue from it, or --force to start over")
     if metrics is not None:
-        check_output_path(metrics, [ghost, out], True)
+        check_output_path(metrics, inputs + [out, checkpoint], True, flag="--metrics")  # appended to
     with err_console.status(f"loading {ghost} and {teacher}"):
         student = load_model(str(ghost), input_size=input_size, trust=trust)
         size = student.input_size
@@ -90,14 +96,21 @@ def finetune(
                 err_console.print(f"[yellow]note:[/] no test accuracy ({exc})")
     if not train.has_labels and alpha < 1.0 and main:
         err_console.print("[yellow]note:[/] the training data has no labels: distillation loss only")
-    import torch
+    from ghostify.report.report import check_forward
 
-    with torch.no_grad():
-        x, _ = train[0]
-        ys, yt = student.model(x.unsqueeze(0)), teacher_m.model(x.unsqueeze(0))
+    if train_samples is not None and train_samples < 1:
+        raise GhostifyError(f"--train-samples must be >= 1, got {train_samples}")
+    ys, yt = check_forward(student.model, size), check_forward(teacher_m.model, size)  # one-line errors
     if ys.shape != yt.shape:
         raise GhostifyError(f"student output {tuple(ys.shape)} and teacher output {tuple(yt.shape)} differ: "
                             "is --teacher the model GHOST was converted from?")
+    if yt.dim() != 2:
+        raise GhostifyError(f"the teacher's output has shape {tuple(yt.shape)}; distillation needs class logits "
+                            "(batch, classes)")
+    top = int(train.labels.max()) if train.labels is not None and train.labels.numel() else None
+    if top is not None and top >= yt.shape[1]:
+        raise GhostifyError(f"{data}: labels go up to {top}, but the model has {yt.shape[1]} outputs: "
+                            "the data has more classes than the model")
     cfg = FinetuneConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, alpha=alpha,
                          feature_weight=feature_weight, amp=amp, freeze_bn=freeze_bn, seed=seed,

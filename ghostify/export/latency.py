@@ -101,6 +101,8 @@ def _feed(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
                 shape.append(batch)
             else:
                 raise GhostifyError(f"input {inp.name!r} has a symbolic dimension {dim!r} other than the batch")
+        if "float" not in inp.type:  # ghostify times image models: it feeds random pixels
+            raise GhostifyError(f"input {inp.name!r} is a {inp.type}; ghostify bench feeds float images only")
         dtype = np.float16 if "float16" in inp.type else np.float32
         feeds[inp.name] = rng.standard_normal(shape).astype(dtype)
     return feeds
@@ -163,13 +165,16 @@ def compare(timed: Sequence[TimedModel]) -> dict[str, Any]:
     return out
 
 
+MAX_THREADS = 1024
+
+
 def _check_counts(runs: int, warmup: int, threads: int | None, batch: int) -> None:
     if runs < 1:
         raise GhostifyError(f"--runs must be >= 1, got {runs}")
     if warmup < 0:
         raise GhostifyError(f"--warmup must be >= 0, got {warmup}")
-    if threads is not None and threads < 1:
-        raise GhostifyError(f"--threads must be >= 1, got {threads}")
+    if threads is not None and not 1 <= threads <= MAX_THREADS:  # thousands of pool threads hang the machine
+        raise GhostifyError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
     if batch < 1:
         raise GhostifyError(f"--batch must be >= 1, got {batch}")
 

@@ -98,8 +98,10 @@ def torch_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
             out = model(x)
     finally:
         model.train(was_training)
-    leaves = torch.utils._pytree.tree_leaves(out)
-    return [t.detach().cpu().float().numpy() for t in leaves if isinstance(t, torch.Tensor)]
+    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
+    if not leaves:
+        raise GhostifyError(f"the model returned {type(out).__name__}, no tensor: nothing to export or compare")
+    return [t.detach().cpu().float().numpy() for t in leaves]
 
 
 def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None, optimize: bool = True,
@@ -189,8 +191,20 @@ def _commit_external(staged: Path, path: Path) -> None:
         raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
+def _torchscript_max_opset() -> int:
+    try:
+        from torch.onnx._constants import ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET
+    except ImportError:  # a private constant: assume the torch 2.x value if it moves
+        return 20
+    return int(ONNX_TORCHSCRIPT_EXPORTER_MAX_OPSET)
+
+
 def _export_torchscript(model: nn.Module, x: torch.Tensor, opset: int | None, dynamic_batch: bool) -> tuple[bytes, int]:
     opset = 17 if opset is None else opset
+    limit = _torchscript_max_opset()
+    if opset > limit:  # checked here: torch would print its whole IR graph before failing
+        raise GhostifyError(f"the TorchScript exporter writes opsets up to {limit}, not {opset}; "
+                            "lower --opset or use --exporter dynamo")
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {}
     if dynamic_batch:

@@ -21,6 +21,7 @@ import json
 import os
 import tempfile
 import zipfile
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,22 +32,45 @@ from torch import nn
 from ghostify.errors import GhostifyError
 from ghostify.plan import get_plan
 
-__all__ = ["save", "resave", "load", "load_archive", "atomic_write", "check_output_path", "FORMAT"]
+__all__ = ["save", "resave", "load", "load_archive", "atomic_write", "check_output_path", "spec_paths", "FORMAT"]
 
 FORMAT = "ghostify.archive/1"
 
 
+def spec_paths(*specs: str | os.PathLike | None) -> list[Path]:
+    """The local files a model or data SPEC reads: the spec itself, or what follows ``kind:``.
+
+    Outputs are checked against them, so that no output (not even with --force) replaces a file
+    the command reads: the model, an --arch or --teacher model file, a data file.
+    """
+    paths = []
+    for spec in specs:
+        if spec is None:
+            continue
+        text = str(spec)
+        for cand in (text, text.split(":", 1)[1] if ":" in text else ""):
+            if cand and Path(cand).exists():
+                paths.append(Path(cand))
+    return paths
+
+
 def check_output_path(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (),
-                      force: bool = False) -> Path:
-    """Refuse to overwrite an input, or an existing file without ``force``; the directory must be writable."""
+                      force: bool = False, *, flag: str = "--out",
+                      exists_hint: str = "pass --force to overwrite it") -> Path:
+    """Refuse to overwrite an input, or an existing file without ``force``; the directory must be writable.
+
+    ``inputs`` are the files the command reads and the other outputs it writes: ``out`` may be none
+    of them, whatever ``force`` says.
+    """
     out = Path(out)
     for src in inputs:
         if src is not None and out.resolve() == Path(src).resolve():
-            raise GhostifyError(f"{out}: is the input file; refusing to overwrite it (choose another --out)")
+            raise GhostifyError(f"{out}: is also an input or another output of this command; refusing to "
+                                f"overwrite it (choose another {flag})")
     if out.exists() and out.is_dir():
         raise GhostifyError(f"{out}: is a directory; give a file path")
     if out.exists() and not force:
-        raise GhostifyError(f"{out}: already exists; pass --force to overwrite it")
+        raise GhostifyError(f"{out}: already exists; {exists_hint}")
     parent = out.parent if str(out.parent) else Path(".")
     if not parent.exists():
         raise GhostifyError(f"{parent}: output directory does not exist")
@@ -183,6 +207,36 @@ def _write(out: Path, model: nn.Module, recipe: dict[str, Any], members: dict[st
     return atomic_write(out, buf.getvalue())
 
 
+_REGISTRIES = ("torchvision", "timm", "ghostify")  # sources rebuilt without running code the archive names
+
+
+def _check_recipe(recipe: Any, path: Path) -> None:
+    """The recipe's fields have the types ``load_archive`` reads; else a one-line error naming the archive."""
+    def bad(what: str) -> GhostifyError:
+        return GhostifyError(f"{path}: not a valid ghostify archive (recipe.json: {what})")
+
+    if not isinstance(recipe, dict):
+        raise bad(f"expected an object, got {type(recipe).__name__}")
+    if recipe.get("format") != FORMAT:
+        raise GhostifyError(f"{path}: unsupported archive format {recipe.get('format')!r} (expected {FORMAT})")
+    if not isinstance(recipe.get("config"), dict):
+        raise bad("no 'config' object")
+    converted = recipe.get("converted")
+    if not isinstance(converted, list) or not all(isinstance(n, str) for n in converted):
+        raise bad("'converted' must be a list of layer names")
+    size = recipe.get("input_size")
+    if (not isinstance(size, list) or len(size) != 3
+            or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
+        raise bad(f"'input_size' must be three positive integers, got {size!r}")
+    aliases = recipe.get("aliases", {})
+    if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
+        raise bad("'aliases' must map names to names")
+    if recipe.get("source") is not None and not isinstance(recipe["source"], str):
+        raise bad("'source' must be a model spec")
+    if not isinstance(recipe.get("init", "random"), str):
+        raise bad("'init' must be a string")
+
+
 def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild and fill the model in a ``.ghost`` archive; return it (eval mode) and its recipe."""
     from safetensors.torch import load as st_load
@@ -202,23 +256,39 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
             weights = zf.read("model.safetensors")
             skeleton = zf.read("source.pt") if "source.pt" in names else None
             exported = zf.read("source.pt2") if "source.pt2" in names else None
-    except (zipfile.BadZipFile, OSError, json.JSONDecodeError) as exc:
-        raise GhostifyError(f"{path}: not a readable ghostify archive ({exc})") from None
+    except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError, NotImplementedError, zlib.error,
+            EOFError, RecursionError) as exc:
+        raise GhostifyError(f"{path}: not a readable ghostify archive ({type(exc).__name__}: {exc})"[:300]) from None
     except KeyError as exc:
         raise GhostifyError(f"{path}: truncated ghostify archive ({exc})") from None
-    if recipe.get("format") != FORMAT:
-        raise GhostifyError(f"{path}: unsupported archive format {recipe.get('format')!r} (expected {FORMAT})")
+    _check_recipe(recipe, path)
     if skeleton is not None:
-        source = _materialize(safe_torch_load(skeleton, trust=trust))
+        try:
+            source = _materialize(safe_torch_load(skeleton, trust=trust))
+        except GhostifyError as exc:  # name the archive, not the in-memory member
+            raise GhostifyError(f"{path}: its source.pt member: {str(exc).replace('<bytes>: ', '')}") from None
     elif exported is not None:
         with tempfile.TemporaryDirectory() as tmp:
             (Path(tmp) / "source.pt2").write_bytes(exported)
-            source = exported_module(Path(tmp) / "source.pt2")
+            try:
+                source = exported_module(Path(tmp) / "source.pt2")
+            except GhostifyError as exc:
+                raise GhostifyError(f"{path}: its source.pt2 member: {str(exc).replace(str(Path(tmp)) + '/', '')}"
+                                    ) from None
     elif recipe.get("source"):
-        source = load_model(recipe["source"], input_size=recipe["input_size"], trust=trust).model
+        spec = recipe["source"]
+        if spec.partition(":")[0] not in _REGISTRIES and not trust:
+            # rebuilding from a factory spec imports and calls code the archive names: like unpickling
+            raise GhostifyError(f"{path}: its source architecture is {spec!r}, which ghostify would have to import "
+                                "and run to rebuild the model; pass --trust if you trust this archive")
+        source = load_model(spec, input_size=recipe["input_size"], trust=trust).model
     else:
         raise GhostifyError(f"{path}: the archive names no source architecture")
-    model = convert(source, config=GhostConfig.from_dict(recipe["config"]), init="random")
+    try:
+        config = GhostConfig.from_dict(recipe["config"])
+    except (TypeError, ValueError, KeyError, AttributeError) as exc:
+        raise GhostifyError(f"{path}: the archive's conversion config is not valid ({exc})") from None
+    model = convert(source, config=config, init="random")
     rebuilt = [layer.name for layer in get_plan(model).converted]
     if rebuilt != recipe["converted"]:
         raise GhostifyError(f"{path}: this ghostify version converts the source differently than the one "
@@ -228,6 +298,8 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     except Exception as exc:
         raise GhostifyError(f"{path}: corrupt weights in the archive ({exc})") from None
     for alias, target in recipe.get("aliases", {}).items():
+        if target not in state:
+            raise GhostifyError(f"{path}: corrupt archive (alias {alias!r} names a missing tensor {target!r})")
         state[alias] = state[target]
     try:
         model.load_state_dict(state, strict=True)

@@ -167,6 +167,10 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
     if isinstance(obj, nn.Module):
         return obj, "file-module", {}
     state = obj.get("state_dict", obj.get("model", obj)) if isinstance(obj, dict) else None
+    if (isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values())
+            and not all(isinstance(k, str) for k in state)):
+        raise GhostifyError(f"{path}: a dict of tensors whose keys are not all parameter names (strings); "
+                            "not a state_dict")
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
         if arch is None:
             raise GhostifyError(f"{path}: holds a state_dict, not a model; name its architecture with "

@@ -28,6 +28,10 @@ from ghostify.errors import GhostifyError
 __all__ = ["GhostModule", "validate_ratio_and_kernel", "intrinsic_channels"]
 
 
+MAX_RATIO = 2**16
+MAX_CHEAP_KERNEL = 2**10
+
+
 def validate_ratio_and_kernel(s: object, d: object) -> tuple[int, int]:
     """Check the paper's two hyper-parameters; return them as ints or raise a clear error.
 
@@ -38,6 +42,9 @@ def validate_ratio_and_kernel(s: object, d: object) -> tuple[int, int]:
         raise GhostifyError(f"ratio s must be an integer >= 1, got {s!r}")
     if isinstance(d, bool) or not isinstance(d, int) or d < 1:
         raise GhostifyError(f"cheap kernel d must be an integer >= 1, got {d!r}")
+    if s > MAX_RATIO or d > MAX_CHEAP_KERNEL:  # beyond any layer's width / any feature map: a typo
+        raise GhostifyError(f"ratio s and cheap kernel d must be at most {MAX_RATIO} and {MAX_CHEAP_KERNEL}, "
+                            f"got s={s}, d={d}")
     if d % 2 == 0:
         raise GhostifyError(
             f"cheap kernel d must be odd (1, 3, 5, 7...), got {d}: an even depthwise kernel "

@@ -23,6 +23,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -91,8 +92,14 @@ class FinetuneConfig:
             raise GhostifyError(f"temperature must be > 0, got {cfg.temperature}")
         if cfg.feature_weight < 0 or not math.isfinite(cfg.feature_weight):
             raise GhostifyError(f"feature weight must be >= 0, got {cfg.feature_weight}")
-        if cfg.lr <= 0:
-            raise GhostifyError(f"learning rate must be > 0, got {cfg.lr}")
+        if not cfg.lr > 0 or not math.isfinite(cfg.lr):
+            raise GhostifyError(f"learning rate must be a finite number > 0, got {cfg.lr}")
+        if not cfg.weight_decay >= 0 or not math.isfinite(cfg.weight_decay):
+            raise GhostifyError(f"weight decay must be a finite number >= 0, got {cfg.weight_decay}")
+        if cfg.warmup_steps is not None and cfg.warmup_steps < 0:
+            raise GhostifyError(f"warm-up steps must be >= 0, got {cfg.warmup_steps}")
+        if cfg.checkpoint_every is not None and cfg.checkpoint_every < 1:
+            raise GhostifyError(f"checkpoint-every must be >= 1 step, got {cfg.checkpoint_every}")
         return cfg
 
 
@@ -139,7 +146,10 @@ def dist_context(device: str | torch.device | None = None) -> DistContext:
     if device is None or str(device) == "auto":
         dev = torch.device(f"cuda:{local}" if torch.cuda.is_available() else "cpu")
     else:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, TypeError):
+            raise GhostifyError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{local}")
         if dev.type == "cuda" and not torch.cuda.is_available():
@@ -291,7 +301,8 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise GhostifyError(f"{path}: not a readable finetune checkpoint ({str(exc).splitlines()[0][:200]})") from None
+        first = re.sub(r"\x1b\[[0-9;]*m", "", (str(exc).strip().splitlines() or [type(exc).__name__])[0])
+        raise GhostifyError(f"{path}: not a readable finetune checkpoint ({first[:200]})") from None
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         raise GhostifyError(f"{path}: not a ghostify finetune checkpoint")
     return payload
@@ -356,6 +367,8 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
     # the teacher runs under no_grad; its requires_grad flags are left alone: freezing them here
     # would freeze every layer a later ghostify.convert(teacher) copies unconverted (stem, head)
     teacher.to(dev).eval()  # finetune() restores its modes and device afterwards
+    with torch.no_grad():  # a label beyond the model's outputs would fail deep inside cross-entropy
+        classes = int(teacher(train_data[0][0].unsqueeze(0).to(dev)).shape[-1])
     model: nn.Module = student
     if ctx.distributed:
         if dev.type == "cuda":
@@ -470,6 +483,9 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
                                 generator=torch.Generator().manual_seed(cfg.seed + epoch))
             _set_train(model, cfg.freeze_bn)
             for x, y in loader:
+                if y.numel() and int(y.max()) >= classes:  # checked on the CPU, before the copy to the device
+                    raise GhostifyError(f"label {int(y.max())} in the training data, but the model has {classes} "
+                                        "outputs: the data has more classes than the model")
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
                 with torch.no_grad(), torch.autocast(device_type="cuda", dtype=torch.float16, enabled=use_amp):
                     t_logits = teacher(x)
