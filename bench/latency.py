@@ -494,6 +494,20 @@ def markdown(data: dict[str, Any]) -> str:
                 mid = (f"{k['speedup_no_identity']:.2f}× ({ni[0]:.2f}–{ni[1]:.2f})" if ni else "–")
                 lines.append(f"| {t} thread{'s' if t > 1 else ''} | {k['speedup_ghost']:.2f}× ({g[0]:.2f}–{g[1]:.2f}) "
                              f"| {mid} | {k['speedup_dense_only']:.2f}× ({dn[0]:.2f}–{dn[1]:.2f}) |")
+        k1 = ceil.get("threads_1")
+        if k1 and len(k1["p50_ms"]) == 4:
+            base, ghost, dense, no_id = k1["p50_ms"]
+            cheap_ms, ident_ms, allowed = no_id - dense, ghost - no_id, base / 1.85 - dense
+            gmacs_dense = (ceil["macs_ghost"] - ceil["macs_depthwise_in_ghost"]) / dense / 1e6
+            gmacs_cheap = ceil["macs_depthwise_in_ghost"] / cheap_ms / 1e6
+            lines += ["", f"Where the time goes (medians at 1 thread, {base:.1f} / {ghost:.1f} / {no_id:.1f} / "
+                          f"{dense:.1f} ms for ResNet-50 / Ghost / without identity passes / dense only): "
+                          f"the identity passes take {ident_ms:.1f} ms ({ident_ms / ghost:.1%} of the Ghost model), "
+                          f"the {ceil['depthwise_convs_removed'] - n_id} cheap 3×3 operations {cheap_ms:.1f} ms "
+                          f"({cheap_ms / ghost:.1%}) for {ceil['macs_depthwise_in_ghost'] / 1e6:.1f} M MACs "
+                          f"({gmacs_cheap:.1f} GMAC/s, against {gmacs_dense:.1f} GMAC/s for the dense convolutions). "
+                          f"The 1.85× bar needs the Ghost model at ≤ {base / 1.85:.1f} ms, which would leave all the "
+                          f"depthwise kernels together {allowed:.1f} ms where they take {ghost - dense:.1f} ms."]
     abl = data.get("ablation")
     if abl:
         lines += ["", f"Ablation (`{data.get('commands', {}).get('ablation', '')}`; each group timed interleaved "
