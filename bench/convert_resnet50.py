@@ -41,6 +41,13 @@ def main() -> int:
             t0 = time.perf_counter()
             subprocess.run(cmd, check=True, capture_output=True)
             walls.append(time.perf_counter() - t0)
+        # the part of that wall time no ghostify code controls: starting Python and importing torch,
+        # torchvision and the CLI (measured the same way, interleaved with nothing else)
+        imports = []
+        for _ in range(args.repeats):
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, "-c", "import torchvision, ghostify.cli"], check=True, capture_output=True)
+            imports.append(time.perf_counter() - t0)
         report = json.loads(rep.read_text())
         import torch
 
@@ -58,6 +65,8 @@ def main() -> int:
                     "load_average_1min_before": round(load_before, 2)},
         "wall_s": [round(w, 2) for w in walls],
         "wall_s_median": round(statistics.median(walls), 2),
+        "import_s": [round(w, 2) for w in imports],
+        "import_s_median": round(statistics.median(imports), 2),
         "macs_before": t["macs_before"],
         "macs_after": t["macs_after"],
         "theoretical_speedup": t["theoretical_speedup"],

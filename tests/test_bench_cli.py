@@ -142,6 +142,13 @@ def test_bench_cuda_without_gpu(capsys, onnx_pair) -> None:
     assert rc == 2 and "CUDA" in err
 
 
+def test_torch_only_options_without_torch_are_refused(capsys, onnx_pair) -> None:
+    a, _, _ = onnx_pair  # --device cuda used to time onnxruntime on the CPU and add a GPU note
+    for extra in (["--device", "cuda"], ["--input-size", "abc"]):
+        rc, _, err = run(capsys, "bench", str(a), "--runs", "1", *extra)
+        assert rc == 2 and "apply to the --torch models" in err
+
+
 def test_library_bench_and_profile(onnx_pair) -> None:
     a, b, _ = onnx_pair
     calls: list[tuple[int, int]] = []

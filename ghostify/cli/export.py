@@ -85,6 +85,9 @@ def export(
         err_console.print(f"[yellow]note:[/] dynamo exporter failed ({result.fallback_reason}); used TorchScript")
     for note in result.deploy_notes:
         err_console.print(f"[yellow]note:[/] {note}")
+    if opset is not None and result.opset != opset:  # the dynamo exporter picks its own opset (18+)
+        err_console.print(f"[yellow]note:[/] asked for opset {opset}; the {result.exporter} exporter wrote opset "
+                          f"{result.opset}")
     if result.passed is False:
         where = f"{onnx} written anyway (--keep-failed)" if result.written else f"{onnx} not written"
         error(f"ONNX parity check failed: onnxruntime and torch differ, {err}; {where}")
@@ -124,6 +127,8 @@ def bench(
     if device not in ("cpu", "cuda", "gpu"):
         raise GhostifyError(f"--device must be cpu or cuda, got {device!r}")
     device = "cuda" if device == "gpu" else device
+    if not torch_specs and (device != "cpu" or input_size is not None):  # onnxruntime runs on the CPU EP here
+        raise GhostifyError("--device and --input-size apply to the --torch models; add --torch SPEC")
     if torch_specs and len(torch_specs) > 2:
         raise GhostifyError("--torch takes one SPEC for A and optionally one for B")
     if json_path is not None and str(json_path) != "-":
