@@ -101,7 +101,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         error(message + where)
         return 2
     except KeyboardInterrupt:
-        error("interrupted; nothing was written")
+        error("interrupted; no output is left half-written (finetune: --resume continues from its checkpoint)")
         return 130
     except Exception as exc:  # a bug in ghostify or in the user's model code
         if debug:
