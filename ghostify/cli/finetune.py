@@ -107,10 +107,6 @@ def finetune(
     if yt.dim() != 2:
         raise GhostifyError(f"the teacher's output has shape {tuple(yt.shape)}; distillation needs class logits "
                             "(batch, classes)")
-    top = int(train.labels.max()) if train.labels is not None and train.labels.numel() else None
-    if top is not None and top >= yt.shape[1]:
-        raise GhostifyError(f"{data}: labels go up to {top}, but the model has {yt.shape[1]} outputs: "
-                            "the data has more classes than the model")
     cfg = FinetuneConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, alpha=alpha,
                          feature_weight=feature_weight, amp=amp, freeze_bn=freeze_bn, seed=seed,

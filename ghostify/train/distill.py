@@ -369,6 +369,10 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
     teacher.to(dev).eval()  # finetune() restores its modes and device afterwards
     with torch.no_grad():  # a label beyond the model's outputs would fail deep inside cross-entropy
         classes = int(teacher(train_data[0][0].unsqueeze(0).to(dev)).shape[-1])
+    labels = getattr(train_data, "labels", None)  # an in-memory label tensor: checked once, up front
+    if isinstance(labels, torch.Tensor) and labels.numel() and int(labels.max()) >= classes:
+        raise GhostifyError(f"the training data has labels up to {int(labels.max())}, but the model has {classes} "
+                            "outputs: the data has more classes than the model")
     model: nn.Module = student
     if ctx.distributed:
         if dev.type == "cuda":
@@ -483,7 +487,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
                                 generator=torch.Generator().manual_seed(cfg.seed + epoch))
             _set_train(model, cfg.freeze_bn)
             for x, y in loader:
-                if y.numel() and int(y.max()) >= classes:  # checked on the CPU, before the copy to the device
+                if y.numel() and int(y.max()) >= classes:  # other datasets: each batch, on the CPU
                     raise GhostifyError(f"label {int(y.max())} in the training data, but the model has {classes} "
                                         "outputs: the data has more classes than the model")
                 x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
