@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 import ghostify
 from ghostify.data import FASHION_MNIST_DIR, load_fashion_mnist
-from ghostify.io.archive import atomic_write
 from ghostify.models.cifar import resnet56_cifar
 from ghostify.report import count_macs, count_params
+from ghostify.utils import atomic_write
 
 RESULT = Path(__file__).parent / "results" / "fmnist_table5.json"
 

@@ -2,7 +2,7 @@
 
 Every model goes through the same path, ``ghostify.export.export_onnx`` (deployment form, parity
 checked), and each converted model is timed interleaved with its original (A B A B ...) by
-``ghostify.export.latency.bench_onnx``. Weights are random (nothing is downloaded): latency
+``ghostify.runtime.latency.bench_onnx``. Weights are random (nothing is downloaded): latency
 does not depend on their values, and the Ghost modules are re-initialised like torchvision's
 convolutions (Kaiming, fan-out) so activations keep a realistic scale (no denormals).
 
@@ -46,9 +46,9 @@ sys.path.insert(0, str(ROOT))
 
 import ghostify  # noqa: E402
 from ghostify.export import export_onnx  # noqa: E402
-from ghostify.export.latency import bench_onnx, cpu_info, profile_onnx  # noqa: E402
 from ghostify.layers.ghost import GhostModule  # noqa: E402
 from ghostify.report.counting import count_macs  # noqa: E402
+from ghostify.runtime import bench_onnx, cpu_info, profile_onnx  # noqa: E402
 
 TABLE = ["resnet50", "resnet18", "mobilenet_v2", "vgg16"]
 RATIOS = [2, 4]
@@ -273,7 +273,7 @@ def strip_depthwise(src: Path, dst: Path, *, kernel: int | None = None) -> int:
 def stage_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     import torchvision
 
-    from ghostify.export.latency import compare, time_onnx
+    from ghostify.runtime.latency import compare, time_onnx
 
     orig = torchvision.models.resnet50().eval()
     ghost = reinit(ghostify.convert(orig, 2, D))
@@ -338,7 +338,7 @@ def stage_ablation(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
 
     import torchvision
 
-    from ghostify.export.latency import compare, time_onnx
+    from ghostify.runtime.latency import compare, time_onnx
 
     rules = importlib.import_module("ghostify.export.deploy")  # the package re-exports the function
     groups = []

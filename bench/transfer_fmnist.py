@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import ghostify  # noqa: E402
-from ghostify.data_specs import open_data  # noqa: E402
+from ghostify.data.specs import open_data  # noqa: E402
 from ghostify.train import FinetuneConfig, evaluate, finetune  # noqa: E402
 
 INITS = ("random", "transfer-data-free", "transfer-synthetic", "transfer-calibrated")

@@ -20,10 +20,10 @@ class LayerPlan:
 
     name: str  # qualified name in the original model (the Ghost module keeps it)
     type: str  # class name of the original convolution
-    in_channels: int  # the paper's c
-    out_channels: int  # the paper's n
-    kernel_size: tuple[int, int]  # the paper's k x k
-    stride: tuple[int, int]
+    c: int  # input channels
+    n: int  # output channels (filters)
+    k: tuple[int, ...]  # kernel, k x k in 2-D (k / k x k x k in 1-D / 3-D)
+    stride: tuple[int, ...]
     groups: int
     converted: bool
     s: int
@@ -40,7 +40,7 @@ class LayerPlan:
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
-        data["kernel_size"] = list(self.kernel_size)
+        data["k"] = list(self.k)
         data["stride"] = list(self.stride)
         return data
 

@@ -11,7 +11,7 @@ import torchvision
 
 import ghostify
 from ghostify.cli import main
-from ghostify.io.archive import atomic_write
+from ghostify.utils import atomic_write
 
 
 def test_archive_round_trip_from_a_spec(tmp_path):
@@ -96,7 +96,7 @@ def test_state_dict_with_arch_and_torch_export_archives(tmp_path, capsys):
     assert code == 2 and "--arch" in capsys.readouterr().err
     code = main(["convert", str(tmp_path / "sd.pth"), "--arch", "torchvision:resnet18", "--input-size", "3,32,32",
                  "--no-layers"])
-    assert code == 2 and "does not fit --arch" in capsys.readouterr().err  # 4 classes vs 1000
+    assert code == 2 and "does not fit the architecture" in capsys.readouterr().err  # 4 classes vs 1000
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "sd1000.pth")
     assert main(["convert", str(tmp_path / "sd1000.pth"), "--arch", "torchvision:resnet18",
                  "--input-size", "3,32,32", "--no-layers"]) == 0

@@ -11,7 +11,7 @@ import torch
 from conftest import importable_module
 
 from ghostify.cli import main
-from ghostify.export.latency import bench_onnx, compare, cpu_info, percentiles, profile_onnx, time_onnx
+from ghostify.runtime import bench_onnx, compare, cpu_info, percentiles, profile_onnx, time_onnx
 
 MODELS_SRC = textwrap.dedent("""
     from torch import nn
@@ -189,6 +189,6 @@ def test_cpu_info_x86_and_arm(tmp_path) -> None:
     arm.write_text("processor\t: 0\nBogoMIPS\t: 243.75\nFeatures\t: fp asimd evtstrm aes asimddp sve sve2 i8mm bf16\n"
                    "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd4f\n")
     info = cpu_info(arm)
-    assert info["model"] == "Neoverse-V2"
+    assert info["model"] == "ARM Neoverse-V2"
     assert {"asimd", "sve", "sve2", "i8mm"} <= set(info["isa"])
     assert cpu_info(tmp_path / "missing")["model"]  # falls back to platform

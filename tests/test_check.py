@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from ghostify.check import read_figures, run_gates
 from ghostify.cli import main
 from ghostify.errors import GhostifyError
+from ghostify.gates import read_figures, run_gates
 
 
 def write(tmp_path: Path, name: str, obj) -> Path:
@@ -239,7 +239,7 @@ def test_model_tensor_file_is_not_a_report(tmp_path, capsys):
 
 def test_real_bench_json_gates_on_its_latency_ratio(tmp_path, capsys):
     # helper B's bench writes latency_ratio = median of t_B / t_A at the top level
-    latency = pytest.importorskip("ghostify.export.latency")
+    latency = pytest.importorskip("ghostify.runtime.latency")
     from ghostify.export import export_onnx
 
     big = nn.Sequential(nn.Conv2d(3, 32, 3, padding=1), nn.ReLU(), nn.Conv2d(32, 32, 3, padding=1)).eval()

@@ -278,7 +278,7 @@ def test_nothing_to_convert_strict_exits_2(capsys, models_dir, tmp_path):
 
 def test_model_without_any_convolution(capsys, models_dir):
     rc, _, err = run_cli(capsys, "convert", "cli_err_models:no_conv", "--input-size", "3,2,2")
-    assert_one_line_error(rc, err, "no nn.Conv2d")
+    assert_one_line_error(rc, err, "no convolution")
 
 
 # -- outputs --------------------------------------------------------------------------------------
@@ -378,7 +378,7 @@ def test_failed_write_leaves_nothing_half_written(capsys, models_dir, tmp_path, 
 
 
 def test_interrupted_write_leaves_nothing(models_dir, tmp_path, monkeypatch):
-    from ghostify.io.archive import atomic_write
+    from ghostify.utils import atomic_write
 
     def interrupt(*args, **kwargs):
         raise KeyboardInterrupt

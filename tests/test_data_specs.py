@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from ghostify.data_specs import load_data, open_data, preprocess_for
+from ghostify.data.specs import load_data, open_data, preprocess_for
 from ghostify.errors import GhostifyError
 
 

@@ -11,7 +11,7 @@ from torch import nn
 import ghostify
 from ghostify.errors import GhostifyError
 from ghostify.export import ExportResult, export_onnx
-from ghostify.export.onnx import onnx_session, relative_error
+from ghostify.runtime.session import onnx_session, relative_error
 
 SIZE = (3, 64, 64)
 

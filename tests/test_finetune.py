@@ -14,7 +14,7 @@ from torch import nn
 
 import ghostify
 from ghostify.cli.app import main
-from ghostify.data_specs import open_data
+from ghostify.data.specs import open_data
 from ghostify.train import FinetuneConfig, distill_loss, finetune, load_checkpoint
 
 

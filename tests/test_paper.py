@@ -7,7 +7,7 @@ import json
 import pytest
 
 from ghostify.cli import main
-from ghostify.paper import _resnet50_weight_note, build_tables
+from ghostify.reproduce.paper import _resnet50_weight_note, build_tables
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_paper_resnet50_weights_are_below_the_eq5_floor():
 
 
 def test_cli_writes_md_and_json_and_refuses_to_overwrite(tmp_path, capsys, monkeypatch):
-    import ghostify.paper as paper
+    import ghostify.reproduce.paper as paper
 
     specs = [s for s in paper.row_specs() if s.table == "3"][:2]  # baseline + one Ghost row: the plumbing
     monkeypatch.setattr(paper, "row_specs", lambda: specs)

@@ -63,7 +63,7 @@ def test_trap_runs_nothing(tmp_path, legacy, wrap):
     with pytest.raises(UnsafeModelFileError) as info:
         safe_torch_load(saved(obj, legacy=legacy))
     legacy_module = legacy and wrap == "as_module_attr"  # refused earlier: the pickled module source
-    assert ("legacy" if legacy_module else "system") in str(info.value) and "--trust" in str(info.value)
+    assert ("legacy" if legacy_module else "system") in str(info.value) and "trust=True" in str(info.value)
     assert not marker.exists()
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from ghostify.cli.errors import BAD_INPUT, INTERNAL, INTERRUPTED, cli_message
 from ghostify.errors import GhostifyError
 
 try:  # recent typer vendors click (typer._click); older typer uses click itself
@@ -59,7 +60,7 @@ def _root(
 
 def write_json(path: Path, data: str | dict[str, Any]) -> None:
     """A report as JSON: to stdout for ``-``, else atomically to ``path``."""
-    from ghostify.io.archive import atomic_write
+    from ghostify.utils import atomic_write
 
     text = data if isinstance(data, str) else json.dumps(data, indent=2, default=str)
     if str(path) == "-":
@@ -85,13 +86,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except GhostifyError as exc:
         if debug:
             raise
-        error(str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
-        return exc.exit_code
+        error(cli_message(exc))
+        return BAD_INPUT
     except Exit as exc:
         return exc.exit_code
     except Abort:
         error("aborted")
-        return 130
+        return INTERRUPTED
     except ClickException as exc:
         if debug:
             raise
@@ -99,13 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         where = f" (see '{ctx.command_path} --help')" if ctx is not None else ""
         message = exc.format_message().replace("\n", " ").strip() or "no command given"  # bare `ghostify`
         error(message + where)
-        return 2
+        return BAD_INPUT
     except KeyboardInterrupt:
         error("interrupted; no output is left half-written (finetune: --resume continues from its checkpoint)")
-        return 130
+        return INTERRUPTED
     except Exception as exc:  # a bug in ghostify or in the user's model code
         if debug:
             raise
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error(f"unexpected {type(exc).__name__}: {text[:300]} (rerun with --debug for the traceback)")
-        return 1
+        return INTERNAL

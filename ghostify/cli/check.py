@@ -8,6 +8,7 @@ import typer
 from rich.table import Table
 
 from ghostify.cli.app import app, console, error
+from ghostify.cli.errors import flag_for
 
 
 @app.command()
@@ -25,7 +26,7 @@ def check(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No table; failures still go to stderr."),
 ) -> int:
     """Gate a conversion in CI: exit 0 if all gates hold, 1 if one fails, 2 for a bad report or usage."""
-    from ghostify.check import run_gates
+    from ghostify.gates import run_gates
 
     results = run_gates(reports, {"macs_reduction": min_macs_reduction, "params_reduction": min_params_reduction,
                                   "latency_ratio": max_latency_ratio, "accuracy_drop": max_accuracy_drop})
@@ -42,5 +43,5 @@ def check(
         console.print(table)
     failed = [r for r in results if not r.passed]
     for r in failed:  # one line each on stderr, so CI logs show why without the table
-        error(f"gate failed: {r.describe()}")
+        error(f"gate failed: {r.describe(flag_for(r.gate.key))}")
     return 1 if failed else 0

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from ghostify.cli.app import app, console, err_console, write_json
 from ghostify.errors import GhostifyError, NothingToConvertError
-from ghostify.policy import GhostConfig
 
 S_OPT = typer.Option(2, "--s", "-s", help="Ratio s: 1/s of each layer's maps are intrinsic (paper: 2).")
 D_OPT = typer.Option(3, "--d", "-d", help="Cheap kernel d: depthwise d×d (odd; paper: 3).")
@@ -28,7 +27,10 @@ TARGET_OPT = typer.Option("cpu", "--target", help="Deployment target: cpu or gpu
 
 
 def build_config(s: int, d: int, include: list[str] | None, exclude: list[str] | None,
-                 convert_stem: bool = False, convert_depthwise: bool = False, fuse: bool = True) -> GhostConfig:
+                 convert_stem: bool = False, convert_depthwise: bool = False, fuse: bool = True) -> Any:
+    """The GhostConfig the policy flags describe."""
+    from ghostify.policy import GhostConfig
+
     return GhostConfig(s=s, d=d, include=include or ["*"], exclude=exclude or [],
                        keep_stem=not convert_stem, keep_depthwise=not convert_depthwise, fuse=fuse)
 
@@ -78,23 +80,25 @@ def convert(
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
     import ghostify
-    from ghostify.io.archive import check_output_path, save, spec_paths
+    from ghostify.forward import check_forward
+    from ghostify.io.archive import save
     from ghostify.io.specs import load_model
     from ghostify.report.render import render_report
-    from ghostify.report.report import build_report, check_forward
+    from ghostify.report.report import build_report
+    from ghostify.utils import check_output_path, existing_paths
 
     target = _check_target(target)
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
     out = out or default_output(spec, loaded.path, s, d)
-    inputs = [loaded.path, *spec_paths(arch, calib)]
-    check_output_path(out, inputs, force)
+    inputs = [loaded.path, *existing_paths([arch, calib])]
+    check_output_path(out, inputs, force, param="out")
     if out.suffix != ".ghost":  # ghostify reads archives back by their suffix: x.pt would be taken for torch.save
         raise GhostifyError(f"--out {out}: the output is a ghostify archive; give it the .ghost suffix "
                             f"({out.with_suffix('.ghost').name})")
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, inputs + [out], force, flag="--json")
+        check_output_path(json_path, inputs + [out], force, param="json")
     calibration = None
     if calib is not None and init != "transfer":
         raise GhostifyError("--calib is used by --init transfer only")
@@ -102,7 +106,7 @@ def convert(
         raise GhostifyError(f"--calib-samples must be >= 1, got {calib_samples}")
     synthetic = calib == "synthetic"
     if calib is not None and not synthetic:
-        from ghostify.data_specs import load_data
+        from ghostify.data.specs import load_data
 
         with err_console.status(f"reading {calib_samples} calibration images from {calib}"):
             calibration = load_data(calib, train=True, model=loaded.model, input_size=loaded.input_size,
@@ -147,7 +151,7 @@ def _with_input_hint(model: Any, run: Callable[[], Any]) -> Any:
         hint = expected_input(model) if str(exc).startswith("the model rejected") else None
         if hint is None:
             raise
-        raise GhostifyError(f"{exc} (the model expects {hint})") from exc
+        raise GhostifyError(f"{exc.message} (the model expects {hint})", param=exc.param, hint=exc.hint) from exc
 
 
 def _int_list(text: str | None, flag: str) -> list[int]:
@@ -183,17 +187,18 @@ def analyze(
     import json
 
     import ghostify
-    from ghostify.io.archive import check_output_path, spec_paths
+    from ghostify.forward import check_forward, example_input
     from ghostify.io.specs import load_model
     from ghostify.report.counting import count_macs, count_params
     from ghostify.report.render import human, render_report
-    from ghostify.report.report import build_report, check_forward, example_input
+    from ghostify.report.report import build_report
+    from ghostify.utils import check_output_path, existing_paths
 
     target = _check_target(target)
     ss, ds = _int_list(sweep_s, "--sweep-s"), _int_list(sweep_d, "--sweep-d")
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, [Path(spec), *spec_paths(arch)], force, flag="--json")  # never an input
+        check_output_path(json_path, [Path(spec), *existing_paths([arch])], force, param="json")  # never an input
     human_out = err_console if json_path is not None and str(json_path) == "-" else console  # stdout: JSON only
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)

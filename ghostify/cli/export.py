@@ -57,8 +57,8 @@ def export(
     Exit 1 when the outputs differ by more than --rtol (the file is then not written).
     """
     from ghostify.export.onnx import export_onnx
-    from ghostify.io.archive import check_output_path, spec_paths
     from ghostify.io.specs import load_model
+    from ghostify.utils import check_output_path, existing_paths
 
     if onnx.suffix.lower() != ".onnx":
         raise GhostifyError(f"--onnx {onnx}: the output should end in .onnx")
@@ -68,10 +68,10 @@ def export(
         raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
-    inputs = [loaded.path, *spec_paths(arch)]
-    check_output_path(onnx, inputs, force, flag="--onnx")
+    inputs = [loaded.path, *existing_paths([arch])]
+    check_output_path(onnx, inputs, force, param="onnx")
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, inputs + [onnx], force, flag="--json")
+        check_output_path(json_path, inputs + [onnx], force, param="json")
     form = "deployment form" if deploy else "training form"
     with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"):
         result = export_onnx(loaded.model, onnx, loaded.input_size, opset=opset, dynamic_batch=dynamic_batch,
@@ -119,9 +119,9 @@ def bench(
     """Latency of ONNX models on onnxruntime's CPU execution provider: medians, p10/p90, ratio B/A."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ghostify.export.latency import bench_onnx, bench_torch
-    from ghostify.io.archive import check_output_path, spec_paths
     from ghostify.report.report import GPU_NOTE
+    from ghostify.runtime.latency import bench_onnx, bench_torch
+    from ghostify.utils import check_output_path, existing_paths
 
     device = device.lower()
     if device not in ("cpu", "cuda", "gpu"):
@@ -132,12 +132,12 @@ def bench(
     if torch_specs and len(torch_specs) > 2:
         raise GhostifyError("--torch takes one SPEC for A and optionally one for B")
     if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, [a] + ([b] if b else []) + spec_paths(*(torch_specs or [])), force,
-                          flag="--json")
+        check_output_path(json_path, [a] + ([b] if b else []) + existing_paths(torch_specs or []), force,
+                          param="json")
     models = []
     if torch_specs:  # loaded and run once before any timing: a wrong --input-size is a one-line error
+        from ghostify.forward import check_forward
         from ghostify.io.specs import load_model
-        from ghostify.report.report import check_forward
 
         models = [load_model(s, input_size=input_size) for s in torch_specs]
         for m in models:

@@ -57,11 +57,13 @@ def finetune(
     """Distill --teacher into GHOST (KD + labels), checkpoint per epoch, write a .ghost archive."""
     from rich.table import Table
 
-    from ghostify.data_specs import open_data
-    from ghostify.io.archive import check_output_path, resave, spec_paths
+    from ghostify.cli.progress import progress_reporter
+    from ghostify.data.specs import open_data
+    from ghostify.io.archive import resave
     from ghostify.io.specs import load_model
     from ghostify.train import FinetuneConfig
     from ghostify.train import finetune as run_finetune
+    from ghostify.utils import check_output_path, existing_paths
 
     main = int(os.environ.get("RANK", "0")) == 0
     if ghost.suffix != ".ghost":
@@ -71,12 +73,12 @@ def finetune(
     # every file written here is checked before any training: none may be an input (the archive,
     # the teacher, --arch, the data) or another output, and an existing checkpoint is only
     # reused with --resume or replaced with --force
-    inputs = [ghost, *spec_paths(teacher, arch, data, test_data)]
-    check_output_path(out, inputs + [checkpoint] + ([metrics] if metrics else []), force or resume)
-    check_output_path(checkpoint, inputs + [out] + ([metrics] if metrics else []), force or resume, flag="--checkpoint",
-                      exists_hint="pass --resume to continue from it, or --force to start over")
+    inputs = [ghost, *existing_paths([teacher, arch, data, test_data])]
+    check_output_path(out, inputs + [checkpoint] + ([metrics] if metrics else []), force or resume, param="out")
+    check_output_path(checkpoint, inputs + [out] + ([metrics] if metrics else []), force or resume,
+                      param="checkpoint")
     if metrics is not None:
-        check_output_path(metrics, inputs + [out, checkpoint], True, flag="--metrics")  # appended to
+        check_output_path(metrics, inputs + [out, checkpoint], True, param="metrics")  # appended to
     with err_console.status(f"loading {ghost} and {teacher}"):
         student = load_model(str(ghost), input_size=input_size, trust=trust)
         size = student.input_size
@@ -96,7 +98,7 @@ def finetune(
                 err_console.print(f"[yellow]note:[/] no test accuracy ({exc})")
     if not train.has_labels and alpha < 1.0 and main:
         err_console.print("[yellow]note:[/] the training data has no labels: distillation loss only")
-    from ghostify.report.report import check_forward
+    from ghostify.forward import check_forward
 
     if train_samples is not None and train_samples < 1:
         raise GhostifyError(f"--train-samples must be >= 1, got {train_samples}")
@@ -111,8 +113,9 @@ def finetune(
                          weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, alpha=alpha,
                          feature_weight=feature_weight, amp=amp, freeze_bn=freeze_bn, seed=seed,
                          checkpoint_every=checkpoint_every)
-    result = run_finetune(student.model, teacher_m.model, train, test, cfg, checkpoint=checkpoint, resume=resume,
-                          metrics=metrics, device=device, progress=True)
+    with progress_reporter("distilling") as report:
+        result = run_finetune(student.model, teacher_m.model, train, test, cfg, checkpoint=checkpoint, resume=resume,
+                              metrics=metrics, device=device, progress=report)
     if not main:
         return
     student.model.cpu()

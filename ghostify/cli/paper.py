@@ -14,7 +14,7 @@ from ghostify.errors import GhostifyError
 
 
 def _parse_tables(value: str | None) -> list[str] | None:
-    from ghostify.paper import TABLE_TITLES
+    from ghostify.reproduce.paper import TABLE_TITLES
 
     if not value:
         return None
@@ -26,7 +26,7 @@ def _parse_tables(value: str | None) -> list[str] | None:
 
 
 def _render(result) -> None:
-    from ghostify.paper import _SCALE, TABLE_TITLES
+    from ghostify.reproduce.paper import _SCALE, TABLE_TITLES
 
     for table in TABLE_TITLES:
         rows = [r for r in result.rows if r.table == table]
@@ -76,16 +76,16 @@ def paper(
     force: bool = typer.Option(False, "--force", help="Overwrite existing paper-tables.md/.json."),
 ) -> None:
     """Rebuild the weights/FLOPs rows of the paper's Tables 3-7 with ghostify and compare them to the paper."""
-    from ghostify.io.archive import atomic_write, check_output_path
-    from ghostify.paper import build_tables, row_specs
+    from ghostify.reproduce.paper import build_tables, row_specs
+    from ghostify.utils import atomic_write, check_output_path
 
     wanted = _parse_tables(tables)
     md_path, json_path = out_dir / "paper-tables.md", out_dir / "paper-tables.json"
     if not no_write:
         if not out_dir.is_dir():
             raise GhostifyError(f"{out_dir}: output directory does not exist")
-        check_output_path(md_path, force=force)
-        check_output_path(json_path, force=force)
+        check_output_path(md_path, overwrite=force, param="out_dir")
+        check_output_path(json_path, overwrite=force, param="out_dir")
 
     total = sum(1 for s in row_specs() if wanted is None or s.table in wanted)
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),

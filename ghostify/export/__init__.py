@@ -1,4 +1,4 @@
-"""Deployment: ONNX export with a parity check, the deployment form, latency benchmarks."""
+"""Deployment: the deployment form, ONNX export with a parity check."""
 
 from __future__ import annotations
 

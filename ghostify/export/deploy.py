@@ -35,98 +35,69 @@ from __future__ import annotations
 
 import copy
 import operator
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 from torch import fx, nn
-from torch.nn import functional as F
 
+from ghostify.fx.facts import GraphFacts
+from ghostify.fx.patterns import (
+    BINARY_FUNCTIONS,
+    BINARY_METHODS,
+    CHANNELWISE_FUNCTIONS,
+    CHANNELWISE_METHODS,
+    CHANNELWISE_MODULES,
+    NORM_MODULES,
+    SPATIAL_REDUCTIONS,
+    SUM_FUSABLE_ACTS,
+)
 from ghostify.fx.trace import trace
-from ghostify.layers.ghost import GhostModule
+from ghostify.layers.ghost import FuseOptions, GhostModule
+from ghostify.layers.surgery import CONV_TYPES, fold_bn, foldable, identity_conv, slice_conv
+from ghostify.plan import PLAN_ATTR
+from ghostify.utils import set_submodule
 
-__all__ = ["deploy", "fold_bn", "DeployedGhost", "DEPLOY_NOTES_ATTR"]
+__all__ = ["deploy", "DeployConfig", "DEPLOY_NOTES_ATTR"]
 
 DEPLOY_NOTES_ATTR = "ghostify_deploy_notes"
-# Switches for the measured rules (docs/deploy.md has the ablation); all on by default.
-SPLIT_SUM = True  # dense conv on parts: W_a a + W_b b (off: Concat, then one conv)
-IDENTITY_ADD = True  # 1x1 depthwise identity conv so the intrinsic part's Add+ReLU fuse
-SPLIT_MULTIPLIER = True  # s > 2: the cheap conv's channel multiplier as s-1 true depthwise convs
-CONCAT_BEFORE_OTHER_ACTS = True  # a primary conv followed by ReLU6/Hardswish/...: read concatenated parts
-MAX_PAD_FRACTION_INV = 4  # pad m only by up to m/4
-
-# Elementwise ops that act on every channel alike (so they run part by part unchanged).
-_CHANNELWISE_MODULES: tuple[type, ...] = (
-    nn.ReLU, nn.ReLU6, nn.Hardtanh, nn.Hardswish, nn.Hardsigmoid, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh, nn.LeakyReLU,
-    nn.ELU, nn.Mish, nn.Identity, nn.Dropout, nn.Dropout2d, nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d,
-    nn.AdaptiveMaxPool2d)
-_UNARY_FUNCTIONS = {torch.relu, F.relu, F.relu6, F.hardswish, F.hardsigmoid, F.silu, F.gelu, torch.sigmoid,
-                    torch.tanh, F.leaky_relu, F.dropout, F.hardtanh, F.max_pool2d, F.avg_pool2d,
-                    F.adaptive_avg_pool2d, F.adaptive_max_pool2d}
-_SUM_FUSABLE_ACTS: tuple[type, ...] = (nn.ReLU, nn.Identity)
-_UNARY_METHODS = {"relu", "relu_", "sigmoid", "tanh", "contiguous", "clone"}
-_BINARY = {operator.add: operator.add, operator.iadd: operator.add, torch.add: operator.add,
-           operator.mul: operator.mul, operator.imul: operator.mul, torch.mul: operator.mul}
-_BINARY_METHODS = {"add": operator.add, "add_": operator.add, "mul": operator.mul, "mul_": operator.mul}
 
 
-def fold_bn(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> nn.Conv2d:
-    """A copy of ``conv`` computing ``bn(conv(x))`` in eval mode (weights scaled, bias added)."""
-    fused = copy.deepcopy(conv)
-    with torch.no_grad():
-        w = conv.weight
-        std = torch.sqrt(bn.running_var + bn.eps)
-        scale = (bn.weight if bn.affine else torch.ones_like(std)) / std
-        shift = (bn.bias if bn.affine else torch.zeros_like(std)) - bn.running_mean * scale
-        b = conv.bias if conv.bias is not None else torch.zeros(w.shape[0], dtype=w.dtype, device=w.device)
-        fused.weight = nn.Parameter((w * scale.reshape(-1, *([1] * (w.dim() - 1)))).to(w.dtype))
-        fused.bias = nn.Parameter((b * scale + shift).to(w.dtype))
-    return fused
+@dataclass(frozen=True)
+class DeployConfig:
+    """The deployment form's rules, each measured on its own (``bench/latency.py --only ablation``).
 
-
-def _foldable(norm: nn.Module) -> bool:
-    return type(norm) is nn.BatchNorm2d and norm.running_mean is not None and norm.running_var is not None
-
-
-def _fold_seq(conv: nn.Conv2d, norm: nn.Module) -> tuple[nn.Conv2d, nn.Module]:
-    """(conv with norm folded, Identity) when the norm folds, else (conv, norm) unchanged."""
-    if _foldable(norm):
-        return fold_bn(conv, norm), nn.Identity()
-    return conv, norm
-
-
-class DeployedGhost(nn.Module):
-    """A Ghost module with its norms folded: act(conv) -> cat with act(cheap) -> optional slice.
-
-    The form used where the graph pass cannot keep the parts apart (untraceable models, s not
-    dividing n); it has no BatchNorm left but keeps the concat.
+    split_sum: a dense convolution reading a tensor kept as parts runs one convolution per part
+        and sums them (``W x = W_a x_a + W_b x_b``: same MACs, no Concat to copy; onnxruntime fuses
+        the sum into the convolution). Off: Concat, then one convolution.
+    identity_add: the intrinsic part of a residual Add (its maps also feed the cheap operation,
+        so no convolution can take the Add) goes through a 1x1 depthwise identity convolution
+        that fuses the Add and the ReLU: one pass over memory instead of two.
+    split_multiplier: s > 2: the cheap conv's channel multiplier becomes s-1 true depthwise convs.
+    concat_before_other_acts: a primary conv followed by ReLU6/Hardswish/... reads concatenated
+        parts (onnxruntime fuses only ReLU after a convolution that also adds).
+    align: pad each Ghost module's m with zero filters up to a multiple of this (16:
+        onnxruntime's NCHWc block on AVX-512, a multiple of AVX2's 8); 0 or 1 disables it.
+    max_pad_fraction_inv: pad m only by up to m / this.
     """
 
-    def __init__(self, ghost: GhostModule) -> None:
-        super().__init__()
-        conv, norm, act = ghost.primary_conv
-        self.primary, self.primary_norm = _fold_seq(conv, norm)
-        self.primary_act = act
-        self.cheap = None
-        if ghost.cheap_operation is not None:
-            cconv, cnorm, cact = ghost.cheap_operation
-            self.cheap = nn.Sequential(*_fold_seq(cconv, cnorm), cact)
-        self.out_channels = ghost.out_channels
-        self.trim = ghost.trim
-        self.register_buffer("channel_order", None if ghost.channel_order is None else ghost.channel_order.clone())
+    split_sum: bool = True
+    identity_add: bool = True
+    split_multiplier: bool = True
+    concat_before_other_acts: bool = True
+    align: int = 16
+    max_pad_fraction_inv: int = 4
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.primary_act(self.primary_norm(self.primary(x)))
-        if self.cheap is not None:
-            y = torch.cat([y, self.cheap(y)], dim=1)
-        if self.trim:
-            y = y[:, : self.out_channels]
-        if self.channel_order is not None:
-            y = y.index_select(1, self.channel_order)
-        return y
+    @property
+    def fuse_options(self) -> FuseOptions:
+        return FuseOptions(align=self.align, max_pad_fraction_inv=self.max_pad_fraction_inv,
+                           split_multiplier=self.split_multiplier)
 
-
-class _Parts(nn.Module):
-    """A container for the modules one original module became (keeps its qualified name)."""
+    def replace(self, **changes: object) -> DeployConfig:
+        known = {f.name for f in fields(self)}
+        unknown = set(changes) - known
+        if unknown:
+            raise TypeError(f"unknown DeployConfig fields: {sorted(unknown)}")
+        return DeployConfig(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
 
 
 @dataclass
@@ -149,27 +120,21 @@ class _Blocked:
 class _Builder:
     """Re-emits an fx graph, keeping Ghost outputs as parts as long as every consumer allows it."""
 
-    def __init__(self, gm: fx.GraphModule, want: dict[str, list[torch.Tensor]] | None = None,
-                 align: int = 16) -> None:
+    def __init__(self, gm: fx.GraphModule, config: DeployConfig, facts: GraphFacts,
+                 want: dict[str, list[torch.Tensor]] | None = None) -> None:
         self.gm = gm
-        self.align = align
-        self.padded = 0
+        self.config = config
         # convolutions (by node name) to emit split by output filters from the start: a later
         # Add/Mul wanted their output in a Ghost module's parts (found by the previous pass)
         self.want = dict(want or {})
         self.new_wants: dict[str, list[torch.Tensor]] = {}
-        self.modules = dict(gm.named_modules())
+        self.modules = dict(facts.modules)
+        self.calls = facts.calls
         self.graph = fx.Graph()
         self.env: dict[fx.Node, fx.Node | _Blocked] = {}
         self.notes: list[str] = []
         self.counter = 0
-        self.calls: dict[str, int] = {}
-        for n in gm.graph.nodes:
-            if n.op == "call_module":
-                self.calls[str(n.target)] = self.calls.get(str(n.target), 0) + 1
-        self.materialized = 0
         self.origin: dict[fx.Node, fx.Node] = {}
-        self.split_convs = 0
 
     # -- helpers -------------------------------------------------------------------------------
     def _place(self, qualname: str, module: nn.Module) -> str:
@@ -190,7 +155,6 @@ class _Builder:
         """A tensor in the original channel order (one Concat; index_select only if needed)."""
         if not isinstance(value, _Blocked):
             return value
-        self.materialized += 1
         cat = value.nodes[0] if len(value.nodes) == 1 else self.graph.call_function(torch.cat,
                                                                                     (list(value.nodes), 1))
         order = torch.cat(value.idx)
@@ -215,98 +179,62 @@ class _Builder:
         return new
 
     # -- rules ---------------------------------------------------------------------------------
-    def conv(self, conv: nn.Conv2d, value: fx.Node | _Blocked, qualname: str) -> fx.Node | _Blocked:
+    def conv(self, conv: nn.Module, value: fx.Node | _Blocked, qualname: str) -> fx.Node | _Blocked:
         """A (BN-folded) convolution on a plain or blocked input."""
         if not isinstance(value, _Blocked):
             return self._call(conv, value, qualname)
         depthwise = conv.groups == conv.in_channels == conv.out_channels and conv.groups > 1
         if depthwise:  # channel c reads only channel c: run part by part
-            nodes = [self._call(_slice_conv(conv, idx, idx, depthwise=True), part, qualname)
+            nodes = [self._call(slice_conv(conv, idx, idx, depthwise=True), part, qualname)
                      for part, idx in zip(value.nodes, value.idx, strict=True)]
             return _Blocked(nodes, [i.clone() for i in value.idx])
-        if conv.groups != 1 or type(conv) is not nn.Conv2d or not SPLIT_SUM:
+        if conv.groups != 1 or not _plain(conv) or not self.config.split_sum:
             return self._call(conv, self.plain(value), qualname)
         # W x = sum over parts of W[:, idx] x_part (same MACs as one conv, and no Concat to copy).
         out = None
         for k, (part, idx) in enumerate(zip(value.nodes, value.idx, strict=True)):
-            piece = _slice_conv(conv, None, idx, bias=k == 0)
+            piece = slice_conv(conv, None, idx, bias=k == 0)
             y = self._call(piece, part, qualname)
             out = y if out is None else self.graph.call_function(operator.add, (y, out))
-        self.split_convs += 1
         return out
 
-    def conv_split_out(self, conv: nn.Conv2d, arg: fx.Node | _Blocked, like: _Blocked,
+    def conv_split_out(self, conv: nn.Module, arg: fx.Node | _Blocked, like: _Blocked,
                        qualname: str) -> _Blocked:
         """The convolution's output filters split into the parts of ``like`` (same MACs)."""
-        if conv.groups != 1 or type(conv) is not nn.Conv2d:
+        if conv.groups != 1 or not _plain(conv):
             arg = self.plain(arg)
-            nodes = [self._call(_slice_conv(conv, idx, None, groups=conv.groups), arg, qualname) for idx in like.idx]
+            nodes = [self._call(slice_conv(conv, idx, None, groups=conv.groups), arg, qualname) for idx in like.idx]
         else:  # each part of the output may itself read a blocked input (split-sum)
-            nodes = [self.plain(self.conv(_slice_conv(conv, idx, None), arg, qualname)) for idx in like.idx]
+            nodes = [self.plain(self.conv(slice_conv(conv, idx, None), arg, qualname)) for idx in like.idx]
         return _Blocked(nodes, [i.clone() for i in like.idx])
 
     def ghost(self, ghost: GhostModule, value: fx.Node | _Blocked, qualname: str) -> fx.Node | _Blocked:
-        if ghost.trim or ghost.cheap_operation is None:
+        """The module's own deployment form (:meth:`GhostModule.fuse`), its parts kept apart."""
+        fused = ghost.fuse(self.config.fuse_options)
+        if not fused.blocked:
             if ghost.trim:
                 self.notes.append(f"{qualname}: s does not divide n; kept the concat and slice")
-            return self._call(DeployedGhost(ghost), self.plain(value), qualname)
-        conv, norm, act = ghost.primary_conv
-        conv, norm = _fold_seq(conv, norm)
-        cconv, cnorm, cact = ghost.cheap_operation
-        cconv, cnorm = _fold_seq(cconv, cnorm)
-        m = ghost.intrinsic_channels
-        n = m + ghost.ghost_channels
-        k = ghost.ghost_channels // m  # ghosts per intrinsic map: s - 1
-        idx = torch.arange(n)
-        if ghost.channel_order is not None:  # out[:, k] = cat[:, order[k]]: cat channel j is output inv[j]
-            inv = torch.empty_like(ghost.channel_order)
-            inv[ghost.channel_order] = torch.arange(n)
-            idx = inv
-        split = (cconv.groups == m and isinstance(norm, nn.Identity) and isinstance(cnorm, nn.Identity)
-                 and type(cconv) is nn.Conv2d and type(conv) is nn.Conv2d and conv.groups == 1
-                 and (k == 1 or SPLIT_MULTIPLIER))
-        pad = (-m) % self.align if split and self.align > 1 else 0
-        if pad * MAX_PAD_FRACTION_INV > m:  # a few intrinsic maps padded to 16 cost more than they save
-            pad = 0
-        if pad:
-            # onnxruntime keeps its blocked NCHWc layout only for channel counts that are multiples
-            # of its block (8 or 16): pad m with zero filters; the padding channels stay 0, every
-            # consumer gives them zero weights and materialising drops them, so nothing changes.
-            conv = _slice_conv(conv, torch.cat([torch.arange(m), torch.full((pad,), -1)]), None)
-            self.padded += 1
-        junk = torch.full((pad,), -1, dtype=torch.long)
-        if isinstance(value, _Blocked) and not isinstance(act, _SUM_FUSABLE_ACTS) and CONCAT_BEFORE_OTHER_ACTS:
+            return self._call(fused, self.plain(value), qualname)
+        conv, norm, act = fused.primary
+        if isinstance(value, _Blocked) and not isinstance(act, SUM_FUSABLE_ACTS) \
+                and self.config.concat_before_other_acts:
             # onnxruntime fuses only ReLU after a convolution that also adds (the split form
             # W_a a + W_b b); a ReLU6/Hardswish there would leave NCHWc (reorders + Clip): concat
             # the (block-aligned) parts instead, which stays in NCHWc.
             value = self.plain(value)
         y = self.conv(conv, value, qualname + ".primary")
-        if not isinstance(norm, nn.Identity):
-            y = self._call(norm, self.plain(y), qualname + ".primary_norm")
-        if not isinstance(act, nn.Identity):
-            y = self._call(act, self.plain(y), qualname + ".primary_act")
+        for mod, suffix in ((norm, ".primary_norm"), (act, ".primary_act")):
+            if not isinstance(mod, nn.Identity):
+                y = self._call(mod, self.plain(y), qualname + suffix)
         y = self.plain(y)
-        if split:
-            # The cheap conv maps m -> (s-1)m with groups=m. For s > 2 that is a channel multiplier,
-            # which onnxruntime runs in plain NCHW with layout reorders around it: split it into
-            # s-1 true depthwise convolutions (same MACs). Ghost j of intrinsic map i is cat
-            # channel m + i(s-1) + j, so part j holds those channels.
-            nodes, parts = [y], [torch.cat([idx[:m], junk])]
-            for j in range(k):
-                sel = torch.arange(j, m * k, k)
-                dw = _slice_conv(cconv, torch.cat([sel, junk]), None, depthwise=True)
-                g = self._call(dw, y, qualname + f".cheap{j}")
-                if not isinstance(cact, nn.Identity):
-                    g = self._call(cact, g, qualname + ".cheap_act")
-                nodes.append(g)
-                parts.append(torch.cat([idx[m + sel], junk]))
-            return _Blocked(nodes, parts)
-        g = self._call(cconv, y, qualname + ".cheap")
-        if not isinstance(cnorm, nn.Identity):
-            g = self._call(cnorm, g, qualname + ".cheap_norm")
-        if not isinstance(cact, nn.Identity):
-            g = self._call(cact, g, qualname + ".cheap_act")
-        return _Blocked([y, g], [idx[:m].clone(), idx[m:].clone()])
+        nodes = [y]
+        for j, cheap in enumerate(fused.cheap):
+            g = y
+            for mod, suffix in zip(cheap, (f".cheap{j}", ".cheap_norm", ".cheap_act"), strict=False):
+                if not isinstance(mod, nn.Identity):
+                    g = self._call(mod, g, qualname + suffix)
+            nodes.append(g)
+        return _Blocked(nodes, [i.clone() for i in fused.index])
 
     def binary(self, node: fx.Node, fn: object) -> _Blocked | None:
         """Add/Mul with at least one blocked operand, run part by part when layouts can agree."""
@@ -330,11 +258,11 @@ class _Builder:
             return None
         nodes = []
         for x, y, idx in zip(va.nodes, vb.nodes, va.idx, strict=True):
-            if fn is operator.add and IDENTITY_ADD and not (self._fusable(x) or self._fusable(y)):
+            if fn is operator.add and self.config.identity_add and not (self._fusable(x) or self._fusable(y)):
                 # neither operand comes straight from a convolution (the intrinsic maps also feed
                 # the cheap operation): a 1x1 depthwise identity convolution gives the Add (and
                 # the ReLU after it) a convolution to fuse into: one pass over memory, not two.
-                x = self._call(_identity_conv(len(idx)), x, "identity")
+                x = self._call(identity_conv(len(idx), _dims_of(self.modules, x)), x, "identity")
             nodes.append(self.graph.call_function(fn, (x, y)))
         return _Blocked(nodes, [i.clone() for i in va.idx])
 
@@ -342,7 +270,7 @@ class _Builder:
         """Produced by a convolution and read by nothing else yet: onnxruntime fuses an Add into it."""
         if node.op != "call_module" or len(node.users) != 0:
             return False
-        return isinstance(self.modules.get(str(node.target)), nn.Conv2d)
+        return _is_conv(self.modules.get(str(node.target)))
 
     def _resplit(self, old: fx.Node, like: _Blocked) -> _Blocked | None:
         """Re-emit the plain convolution behind ``old`` (through channel-wise ops) split like ``like``.
@@ -357,11 +285,10 @@ class _Builder:
             return None
         if emitted.op == "call_module":
             mod = self.modules.get(str(emitted.target))
-            if type(mod) is nn.Conv2d and mod.out_channels == like.channels and len(emitted.args) == 1 \
+            if _plain(mod) and mod.out_channels == like.channels and len(emitted.args) == 1 \
                     and not emitted.kwargs and mod.groups == 1:
                 source = emitted.args[0]
                 self.graph.erase_node(emitted)
-                self.split_convs += 1
                 return self.conv_split_out(mod, source, like, str(emitted.target).split("__deploy")[0])
         if not self._channelwise(emitted):
             return None
@@ -382,12 +309,12 @@ class _Builder:
         pass to emit it split like ``like`` (its other readers then read the parts too)."""
         node = old
         while True:
-            if node.op == "call_module" and isinstance(self.modules.get(str(node.target)), nn.Conv2d):
+            if node.op == "call_module" and _is_conv(self.modules.get(str(node.target))):
                 conv = self.modules[str(node.target)]
                 if conv.out_channels == like.channels and conv.groups == 1 and node.name not in self.want:
                     self.new_wants[node.name] = [i.clone() for i in like.idx]
                 return
-            through_bn = node.op == "call_module" and _foldable(self.modules.get(str(node.target)))
+            through_bn = node.op == "call_module" and type(self.modules.get(str(node.target))) in NORM_MODULES
             if not (through_bn or self._channelwise(node)) or not node.args or not isinstance(node.args[0], fx.Node):
                 return
             node = node.args[0]
@@ -395,19 +322,19 @@ class _Builder:
     def _channelwise(self, node: fx.Node) -> bool:
         """Does ``node`` act on each channel alone (so it can run part by part)?"""
         if node.op == "call_module":
-            return isinstance(self.modules.get(str(node.target)), _CHANNELWISE_MODULES)
+            return isinstance(self.modules.get(str(node.target)), CHANNELWISE_MODULES)
         if node.op == "call_function":
-            return node.target in _UNARY_FUNCTIONS
+            return node.target in CHANNELWISE_FUNCTIONS
         if node.op == "call_method":
-            if node.target in _UNARY_METHODS:
+            if node.target in CHANNELWISE_METHODS:
                 return len(node.args) == 1 and not node.kwargs
-            if node.target in ("mean", "amax", "sum"):
+            if node.target in SPATIAL_REDUCTIONS:  # channel-wise when only spatial axes are reduced
                 dims = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
                 dims = (dims,) if isinstance(dims, int) else dims
-                return isinstance(dims, (tuple, list)) and bool(dims) and all(d in (2, 3, -1, -2) for d in dims)
+                return isinstance(dims, (tuple, list)) and bool(dims) and all(d >= 2 or d in (-1, -2) for d in dims)
         return False
 
-    def _conv_or_split(self, node: fx.Node, conv: nn.Conv2d, value: fx.Node | _Blocked) -> fx.Node | _Blocked:
+    def _conv_or_split(self, node: fx.Node, conv: nn.Module, value: fx.Node | _Blocked) -> fx.Node | _Blocked:
         if node.name in self.want and conv.out_channels == sum(int((i >= 0).sum()) for i in self.want[node.name]):
             like = _Blocked([], self.want[node.name])
             return self.conv_split_out(conv, value, like, str(node.target))
@@ -436,12 +363,12 @@ class _Builder:
             once = self.calls[str(node.target)] == 1
             if isinstance(mod, GhostModule) and value is not None and once:
                 return self.ghost(mod, value, str(node.target))
-            if isinstance(mod, nn.Conv2d) and value is not None and once:
+            if _is_conv(mod) and value is not None and once:
                 # fold a BatchNorm that only reads this convolution
                 users = list(node.users)
                 if len(users) == 1 and users[0].op == "call_module" and users[0].args == (node,):
                     bn = self.modules.get(str(users[0].target))
-                    if bn is not None and _foldable(bn) and self.calls[str(users[0].target)] == 1:
+                    if bn is not None and foldable(mod, bn) and self.calls[str(users[0].target)] == 1:
                         skip.add(users[0])
                         out = self._conv_or_split(node, fold_bn(mod, bn), value)
                         self.env[users[0]] = out
@@ -454,7 +381,7 @@ class _Builder:
             value = self.env[node.args[0]]
             return _Blocked([self.graph.create_node(node.op, node.target, (p, *node.args[1:]), dict(node.kwargs))
                              for p in value.nodes], [i.clone() for i in value.idx])
-        fn = _BINARY.get(node.target) if node.op == "call_function" else _BINARY_METHODS.get(str(node.target)) \
+        fn = BINARY_FUNCTIONS.get(node.target) if node.op == "call_function" else BINARY_METHODS.get(str(node.target)) \
             if node.op == "call_method" else None
         if fn is not None:
             out = self.binary(node, fn)
@@ -463,81 +390,58 @@ class _Builder:
         return self.copy_node(node)
 
 
-def _take(t: torch.Tensor, idx: torch.Tensor, dim: int) -> torch.Tensor:
-    """``t`` indexed by ``idx`` along ``dim``; entries -1 (padding channels) give zeros."""
-    out = t.index_select(dim, idx.clamp(min=0))
-    if bool((idx < 0).any()):
-        shape = [1] * t.dim()
-        shape[dim] = len(idx)
-        out = out * (idx >= 0).reshape(shape).to(t.dtype)
-    return out
+_CONVS = tuple(CONV_TYPES.values())
 
 
-def _slice_conv(conv: nn.Conv2d, out_idx: torch.Tensor | None, in_idx: torch.Tensor | None,
-                depthwise: bool = False, bias: bool = True, groups: int = 1) -> nn.Conv2d:
-    """A copy of ``conv`` keeping output filters ``out_idx`` and input channels ``in_idx``.
-
-    An index of -1 is a padding channel: a zero filter (or a zero input column).
-    """
-    w = conv.weight.detach()
-    b = conv.bias.detach() if conv.bias is not None else None
-    if out_idx is not None:
-        w = _take(w, out_idx, 0)
-        b = _take(b, out_idx, 0) if b is not None else None
-    if in_idx is not None and not depthwise:
-        w = _take(w, in_idx, 1)
-    if not bias:
-        b = None
-    cin = w.shape[1] * (len(out_idx) if depthwise else groups)
-    new = nn.Conv2d(cin, w.shape[0], conv.kernel_size, conv.stride,
-                    conv.padding, conv.dilation, len(out_idx) if depthwise else groups, bias=b is not None,
-                    padding_mode=conv.padding_mode, device=w.device, dtype=w.dtype)
-    with torch.no_grad():
-        new.weight.copy_(w)
-        if b is not None:
-            new.bias.copy_(b)
-    return new
+def _is_conv(module: object) -> bool:
+    return isinstance(module, _CONVS)
 
 
-def _identity_conv(channels: int) -> nn.Conv2d:
-    conv = nn.Conv2d(channels, channels, 1, groups=channels, bias=False)
-    with torch.no_grad():
-        conv.weight.fill_(1.0)
-    return conv
+def _plain(module: object) -> bool:
+    """An exact nn.Conv1d/2d/3d: its forward is the convolution of its weight, so it may be sliced."""
+    return type(module) in _CONVS
 
 
-def _swap_in_place(model: nn.Module) -> nn.Module:
+def _dims_of(modules: dict[str, nn.Module], node: fx.Node) -> int:
+    """Spatial dims of the tensor ``node`` produces, known from the convolution that made it (else 2)."""
+    mod = modules.get(str(node.target)) if node.op == "call_module" else None
+    return len(mod.kernel_size) if _is_conv(mod) else 2
+
+
+def _swap_in_place(model: nn.Module, config: DeployConfig) -> nn.Module:
     for name, mod in list(model.named_modules()):
         if isinstance(mod, GhostModule):
-            parent, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(parent) if parent else model, attr, DeployedGhost(mod))
+            set_submodule(model, name, mod.fuse(config.fuse_options))
     return model
 
 
-def deploy(model: nn.Module, *, align: int = 16) -> nn.Module:
+def deploy(model: nn.Module, config: DeployConfig | None = None, *, align: int | None = None) -> nn.Module:
     """The deployment form of ``model``: same outputs in eval mode, fewer ops around the convolutions.
 
-    ``align``: pad each Ghost module's intrinsic count ``m`` with zero filters up to a multiple
-    of ``align`` (16: onnxruntime's NCHWc block on AVX-512, a multiple of AVX2's 8); 0 or 1
-    disables it. The padding channels never reach an output.
+    The graph pass walks the model; every Ghost module contributes its own deployment form
+    (:meth:`GhostModule.fuse`), and the rules of :class:`DeployConfig` decide how the parts are
+    kept apart across the graph. ``align`` is a shortcut for ``config.align``.
 
     Returns a new module in eval mode (the input is untouched) carrying ``ghostify_deploy_notes``
     (what could not be kept concat-free, and why). Works for original and converted models
     alike, so both go through the same export path. Inference only: the folded BatchNorms
     no longer track statistics.
     """
+    config = config or DeployConfig()
+    if align is not None:
+        config = config.replace(align=align)
     work = copy.deepcopy(model).eval()
     notes: list[str] = []
     try:
         gm = work if isinstance(work, fx.GraphModule) else trace(work)
     except Exception as exc:  # untraceable: Ghost modules folded in place, concat kept
-        out = _swap_in_place(work)
+        out = _swap_in_place(work, config)
         notes.append(f"fx could not trace the model ({type(exc).__name__}); Ghost modules keep their concat")
         setattr(out, DEPLOY_NOTES_ATTR, notes)
         return out.eval()
     want: dict[str, list[torch.Tensor]] = {}
     for _ in range(4):  # each pass may find convolutions a later Add wants split; rarely more than 2
-        builder = _Builder(gm, want, align=align)
+        builder = _Builder(gm, config, GraphFacts.of(gm), want)
         graph = builder.run()
         if not builder.new_wants:
             break
@@ -548,7 +452,6 @@ def deploy(model: nn.Module, *, align: int = 16) -> nn.Module:
     gm.delete_all_unused_submodules()
     notes += builder.notes
     setattr(gm, DEPLOY_NOTES_ATTR, notes)
-    for attr in ("ghostify_plan",):
-        if hasattr(model, attr):
-            setattr(gm, attr, getattr(model, attr))
+    if hasattr(model, PLAN_ATTR):
+        setattr(gm, PLAN_ATTR, getattr(model, PLAN_ATTR))
     return gm.eval()

@@ -4,17 +4,9 @@
 BN folded, concat-free Ghost modules, ...), (2) exports it with the exporter torch recommends
 today (``torch.onnx.export(..., dynamo=True)``) and falls back to the TorchScript exporter where
 that fails, (3) runs the ONNX file with onnxruntime (CPU, ORT_ENABLE_ALL, as deployed) and the
-*given* torch model (eval mode) on the same seeded input, and reports the error, and (4) writes
-the file through a temporary file renamed into place.
-
-Error definitions (over all outputs, flattened; ``a`` = onnxruntime, ``b`` = torch)::
-
-    max_abs_error = max |a - b|
-    max_rel_error = max |a - b| / max(max |b|, 1e-12)
-
-i.e. the largest deviation relative to the largest reference magnitude of the output. An
-element-wise relative error would blow up wherever a logit is near zero and says nothing about
-whether the exported model computes the same function.
+*given* torch model (eval mode) on the same seeded input, and reports the error
+(:func:`ghostify.runtime.relative_error` defines it), and (4) writes the file through a
+temporary file renamed into place.
 """
 
 from __future__ import annotations
@@ -27,21 +19,23 @@ import os
 import shutil
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, InvalidValueError
+from ghostify.forward import check_forward, numpy_outputs
+from ghostify.runtime.session import onnx_session, relative_error
+from ghostify.utils import atomic_write, eval_mode, first_line
 
-__all__ = ["ExportResult", "export_onnx", "onnx_session", "torch_outputs", "DEFAULT_RTOL", "relative_error"]
+__all__ = ["ExportResult", "export_onnx", "DEFAULT_RTOL", "EXPORTERS"]
 
 DEFAULT_RTOL = 1e-4
-_EPS = 1e-12
+EXPORTERS = ("auto", "dynamo", "torchscript")
 _TWO_GB = 2**31 - 1
 
 
@@ -73,64 +67,8 @@ class ExportResult:
         return data
 
 
-def relative_error(a: Sequence[np.ndarray], b: Sequence[np.ndarray]) -> tuple[float, float]:
-    """(max |a-b|, max |a-b| / max(max |b|, 1e-12)) over all outputs (see the module docstring)."""
-    if len(a) != len(b):
-        raise GhostifyError(f"onnxruntime returned {len(a)} outputs, torch {len(b)}")
-    abs_err, ref = 0.0, 0.0
-    for x, y in zip(a, b, strict=True):
-        x = np.asarray(x, dtype=np.float64)
-        y = np.asarray(y, dtype=np.float64)
-        if x.shape != y.shape:
-            raise GhostifyError(f"onnxruntime output shape {x.shape} differs from torch {y.shape}")
-        if x.size:
-            abs_err = max(abs_err, float(np.max(np.abs(x - y))))
-            ref = max(ref, float(np.max(np.abs(y))))
-    return abs_err, abs_err / max(ref, _EPS)
-
-
-def torch_outputs(model: nn.Module, x: torch.Tensor) -> list[np.ndarray]:
-    """Run ``model`` in eval mode without grad; return its tensor outputs (flattened) as numpy."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = model(x)
-    finally:
-        model.train(was_training)
-    leaves = [t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor)]
-    if not leaves:
-        raise GhostifyError(f"the model returned {type(out).__name__}, no tensor: nothing to export or compare")
-    return [t.detach().cpu().float().numpy() for t in leaves]
-
-
-def onnx_session(model: str | os.PathLike | bytes, threads: int | None = None, optimize: bool = True,
-                 profile_prefix: str | None = None) -> Any:
-    """An onnxruntime CPU session (ORT_ENABLE_ALL unless ``optimize`` is False)."""
-    import onnxruntime as ort
-
-    so = ort.SessionOptions()
-    so.graph_optimization_level = (ort.GraphOptimizationLevel.ORT_ENABLE_ALL if optimize
-                                   else ort.GraphOptimizationLevel.ORT_DISABLE_ALL)
-    if threads is not None:
-        so.intra_op_num_threads = int(threads)
-        so.inter_op_num_threads = 1
-    so.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    so.log_severity_level = 3
-    if profile_prefix is not None:
-        so.enable_profiling = True
-        so.profile_file_prefix = profile_prefix
-    src = model if isinstance(model, bytes) else str(model)
-    return ort.InferenceSession(src, sess_options=so, providers=["CPUExecutionProvider"])
-
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return f"{type(exc).__name__}: {text.splitlines()[0][:300] if text else ''}"
-
-
 @contextlib.contextmanager
-def _quiet():
+def _quiet() -> Iterator[None]:
     """The exporters print progress and warnings; a library call should not."""
     loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "onnxscript", "torch._dynamo")]
     levels = [lg.level for lg in loggers]
@@ -204,7 +142,7 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, opset: int | None, dy
     limit = _torchscript_max_opset()
     if opset > limit:  # checked here: torch would print its whole IR graph before failing
         raise GhostifyError(f"the TorchScript exporter writes opsets up to {limit}, not {opset}; "
-                            "lower --opset or use --exporter dynamo")
+                            "lower the opset or use the dynamo exporter", param="opset")
     buf = io.BytesIO()
     kwargs: dict[str, Any] = {}
     if dynamic_batch:
@@ -218,6 +156,112 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, opset: int | None, dy
 def _example(input_size: Sequence[int], batch: int, seed: int) -> torch.Tensor:
     gen = torch.Generator().manual_seed(seed)
     return torch.randn((batch, *[int(v) for v in input_size]), generator=gen)
+
+
+@dataclass
+class _Exported:
+    """What an exporter produced: the serialized model, or a staged directory (external data)."""
+
+    data: bytes
+    opset: int
+    exporter: str
+    staged: Path | None = None  # a model over 2 GB, written with its weights beside it
+    fallback_reason: str | None = None
+
+    @property
+    def source(self) -> bytes | Path:
+        return self.staged if self.staged is not None else self.data
+
+    @property
+    def size(self) -> int:
+        if self.staged is None:
+            return len(self.data)
+        return sum(f.stat().st_size for f in self.staged.parent.iterdir())
+
+    def discard(self) -> None:
+        if self.staged is not None:
+            shutil.rmtree(self.staged.parent, ignore_errors=True)
+            self.staged = None
+
+
+def _validate(model: Any, input_size: Sequence[int], rtol: float, exporter: str) -> tuple[tuple[int, ...], float]:
+    if exporter not in EXPORTERS:
+        raise InvalidValueError("exporter", f"must be one of {', '.join(EXPORTERS)}, got {exporter!r}")
+    if not isinstance(model, nn.Module):
+        raise GhostifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    size = tuple(int(v) for v in input_size)
+    if len(size) != 3:
+        raise InvalidValueError("input_size", f"must be C,H,W, got {size}")
+    if not float(rtol) > 0:
+        raise InvalidValueError("rtol", f"must be > 0, got {rtol}")
+    return size, float(rtol)
+
+
+def _target(model: nn.Module, deploy: bool) -> tuple[nn.Module, list[str]]:
+    """The module that is exported: the deployment form, or an eval-mode copy of the training form."""
+    if not deploy:
+        return copy.deepcopy(model).eval(), []
+    from ghostify.export.deploy import DEPLOY_NOTES_ATTR
+    from ghostify.export.deploy import deploy as to_deploy
+
+    target = to_deploy(model)
+    return target, list(getattr(target, DEPLOY_NOTES_ATTR, []))
+
+
+def _run_exporters(target: nn.Module, x: torch.Tensor, path: Path, opset: int | None, dynamic_batch: bool,
+                   exporter: str) -> _Exported:
+    """Dynamo first (unless told otherwise), TorchScript where it fails; onnxruntime must load the result."""
+    fallback_reason = None
+    if exporter in ("auto", "dynamo"):
+        out: _Exported | None = None
+        try:
+            proto_or_bytes, used_opset = _export_dynamo(target, x, opset, dynamic_batch)
+            if isinstance(proto_or_bytes, bytes):
+                out = _Exported(proto_or_bytes, used_opset, "dynamo")
+            else:
+                out = _Exported(b"", used_opset, "dynamo", staged=_stage_external(proto_or_bytes, path))
+            _session_or_raise(out.source)
+            return out
+        except Exception as exc:  # the dynamo exporter fails in many ways on unusual models
+            if out is not None:
+                out.discard()
+            fallback_reason = first_line(exc, 300, with_type=True)
+            if exporter == "dynamo":
+                raise GhostifyError(f"dynamo ONNX export failed: {fallback_reason}") from exc
+    try:
+        data, used_opset = _export_torchscript(target, x, opset, dynamic_batch)
+        _session_or_raise(data)
+    except Exception as exc:
+        why = f"dynamo: {fallback_reason}; " if fallback_reason else ""
+        raise GhostifyError(f"ONNX export failed ({why}torchscript: {first_line(exc, 300, with_type=True)})") from exc
+    return _Exported(data, used_opset, "torchscript", fallback_reason=fallback_reason)
+
+
+def _parity(source: bytes | Path, model: nn.Module, input_size: Sequence[int], batches: Sequence[int],
+            seed: int) -> tuple[float, float]:
+    """(max abs, max rel) error of onnxruntime against torch over seeded inputs of each batch size."""
+    sess = onnx_session(source)
+    name = sess.get_inputs()[0].name
+    abs_err = rel_err = 0.0
+    for b in batches:
+        xb = _example(input_size, b, seed + b)
+        a, r = relative_error(sess.run(None, {name: xb.numpy()}), numpy_outputs(model, xb))
+        abs_err, rel_err = max(abs_err, a), max(rel_err, r)
+    return abs_err, rel_err
+
+
+def _write(exported: _Exported, path: Path) -> None:
+    if exported.staged is not None:
+        _commit_external(exported.staged, path)
+    else:
+        atomic_write(path, exported.data)
+
+
+def _refuse_unnamed_data_file(target: nn.Module, path: Path) -> None:
+    data_file = path.parent / (path.name + ".data")
+    if _over_two_gb(target) and data_file.exists() and not path.exists():  # never clobber an unnamed file
+        raise GhostifyError(f"{data_file} exists (a model over 2 GB keeps its weights there); remove it or "
+                            "choose another output path", param="path")
 
 
 def export_onnx(
@@ -238,119 +282,53 @@ def export_onnx(
 
     Args:
         model: any ``nn.Module`` (original or ``ghostify.convert`` output); it is not modified.
-        path: the ``.onnx`` file to write (overwritten: callers decide about ``--force``).
+        path: the ``.onnx`` file to write (overwritten: callers decide whether that is allowed).
         input_size: (C, H, W) of one example.
         opset: ONNX opset (default: the exporter's; dynamo needs >= 18).
         dynamic_batch: make the batch dimension symbolic (checked at batch 1 and 3).
         deploy: export :func:`ghostify.deploy` (model) instead of the training form.
         check: run onnxruntime and torch on the same seeded input and compare.
-        rtol: the largest ``max_rel_error`` that passes (see the module docstring).
+        rtol: the largest ``max_rel_error`` that passes (see :mod:`ghostify.runtime.session`).
         exporter: "auto" (dynamo, TorchScript where dynamo fails), "dynamo" or "torchscript".
         keep_failed: write the file even when the parity check fails (otherwise it is not written).
 
     Returns an :class:`ExportResult`; it raises :class:`GhostifyError` only when no exporter works
     or the input size does not fit the model. A failed parity check is reported, not raised.
     """
-    from ghostify.io.archive import atomic_write
-    from ghostify.report.report import check_forward
-
-    if exporter not in ("auto", "dynamo", "torchscript"):
-        raise GhostifyError(f"exporter must be auto, dynamo or torchscript, got {exporter!r}")
-    if not isinstance(model, nn.Module):
-        raise GhostifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    input_size = tuple(int(v) for v in input_size)
-    if len(input_size) != 3:
-        raise GhostifyError(f"input size must be C,H,W, got {input_size}")
-    rtol = float(rtol)
-    if not rtol > 0:
-        raise GhostifyError(f"rtol must be > 0, got {rtol}")
+    input_size, rtol = _validate(model, input_size, rtol, exporter)
     path = Path(path)
     start = time.perf_counter()
-
-    was_training = model.training
-    model.eval()
-    staged: Path | None = None  # a model over 2 GB, written with external data beside ``path``
-    try:
-        check_forward(model, input_size)  # a wrong --input-size is the user's error: one clear line
-        notes: list[str] = []
-        if deploy:
-            from ghostify.export.deploy import deploy as to_deploy
-
-            target = to_deploy(model)
-            notes = list(getattr(target, "ghostify_deploy_notes", []))
-        else:
-            target = copy.deepcopy(model).eval()
-        batch = 2 if dynamic_batch else 1  # torch.export specialises a batch of 1
-        x = _example(input_size, batch, seed)
-
-        data_file = path.parent / (path.name + ".data")
-        if _over_two_gb(target) and data_file.exists() and not path.exists():  # never clobber an unnamed file
-            raise GhostifyError(f"{data_file} exists (a model over 2 GB keeps its weights there); remove it or "
-                                "choose another output path")
-        data = opset_used = None
-        used = None
-        fallback_reason = None
-        if exporter in ("auto", "dynamo"):
-            try:
-                data, opset_used = _export_dynamo(target, x, opset, dynamic_batch)
-                if not isinstance(data, bytes):
-                    staged = _stage_external(data, path)
-                    data = b""
-                _session_or_raise(staged if staged is not None else data)
-                used = "dynamo"
-            except Exception as exc:  # the dynamo exporter fails in many ways on unusual models
-                if staged is not None:
-                    shutil.rmtree(staged.parent, ignore_errors=True)
-                    staged = None
-                fallback_reason = _first_line(exc)
-                if exporter == "dynamo":
-                    raise GhostifyError(f"dynamo ONNX export failed: {fallback_reason}") from exc
-        if used is None:
-            try:
-                data, opset_used = _export_torchscript(target, x, opset, dynamic_batch)
-                _session_or_raise(data)
-                used = "torchscript"
-            except Exception as exc:
-                why = f"dynamo: {fallback_reason}; " if fallback_reason else ""
-                raise GhostifyError(f"ONNX export failed ({why}torchscript: {_first_line(exc)})") from exc
-        assert data is not None and opset_used is not None
-
-        abs_err = rel_err = None
-        passed = None
-        batches: list[int] = []
-        if check:
-            sess = onnx_session(staged if staged is not None else data)
-            name = sess.get_inputs()[0].name
-            abs_err, rel_err = 0.0, 0.0
-            for b in ([1, 3] if dynamic_batch else [1]):
-                xb = _example(input_size, b, seed + b)
-                ref = torch_outputs(model, xb)
-                got = sess.run(None, {name: xb.numpy()})
-                a, r = relative_error(got, ref)
-                abs_err, rel_err = max(abs_err, a), max(rel_err, r)
-                batches.append(b)
-            passed = bool(rel_err <= rtol)
-        written = passed is not False or keep_failed
-        size = len(data) if staged is None else sum(f.stat().st_size for f in staged.parent.iterdir())
-        if written:
-            if staged is not None:
-                _commit_external(staged, path)
-            else:
-                atomic_write(path, data)
-    finally:
-        model.train(was_training)
-        if staged is not None:
-            shutil.rmtree(staged.parent, ignore_errors=True)
-    return ExportResult(path=path, exporter=used, opset=opset_used, input_size=input_size,
+    exported: _Exported | None = None
+    with eval_mode(model):
+        try:
+            check_forward(model, input_size)  # a wrong input size is the user's error: one clear line
+            target, notes = _target(model, deploy)
+            _refuse_unnamed_data_file(target, path)
+            batch = 2 if dynamic_batch else 1  # torch.export specialises a batch of 1
+            exported = _run_exporters(target, _example(input_size, batch, seed), path, opset, dynamic_batch, exporter)
+            batches = [1, 3] if dynamic_batch else [1]
+            abs_err = rel_err = None
+            if check:
+                abs_err, rel_err = _parity(exported.source, model, input_size, batches, seed)
+            passed = None if rel_err is None else bool(rel_err <= rtol)
+            written = passed is not False or keep_failed
+            size = exported.size
+            if written:
+                _write(exported, path)
+        finally:
+            if exported is not None:
+                exported.discard()
+    return ExportResult(path=path, exporter=exported.exporter, opset=exported.opset, input_size=input_size,
                         dynamic_batch=dynamic_batch, deployed=deploy, max_abs_error=abs_err,
                         max_rel_error=rel_err, rtol=rtol, passed=passed, written=written,
                         seconds=round(time.perf_counter() - start, 2), size_bytes=size,
-                        fallback_reason=fallback_reason, check_batches=batches, deploy_notes=notes)
+                        fallback_reason=exported.fallback_reason, check_batches=batches if check else [],
+                        deploy_notes=notes)
 
 
 def _session_or_raise(data: bytes | Path) -> None:
     """onnxruntime must be able to load what the exporter wrote (else try the other exporter)."""
     if isinstance(data, bytes) and len(data) > _TWO_GB:
         raise GhostifyError("the ONNX model is larger than 2 GB (protobuf limit); only the dynamo exporter "
-                            "writes it (weights in OUT.data)")
+                            "writes it (weights in OUT.onnx.data)")
     onnx_session(data, optimize=False)

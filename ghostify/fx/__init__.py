@@ -1,6 +1,7 @@
-"""torch.fx side of the conversion: tracing and the rewrite pass."""
+"""torch.fx side of the conversion: tracing, the graph facts, the op patterns and the rewrite pass."""
 
-from ghostify.fx.rewrite import convert, supported_conv_types
+from ghostify.fx.decide import supported_conv_types
+from ghostify.fx.rewrite import rewrite
 from ghostify.fx.trace import GhostTracer, trace
 
-__all__ = ["convert", "supported_conv_types", "GhostTracer", "trace"]
+__all__ = ["rewrite", "supported_conv_types", "GhostTracer", "trace"]

@@ -1,6 +1,6 @@
 """Symbolic tracing with the leaf-module and autowrap lists of torchvision and timm.
 
-Convolutions (every ``nn.Conv2d`` subclass) and existing Ghost modules are leaves, so each one
+Convolutions (every 1-, 2- and 3-D ``nn.Conv`` and subclass) and existing Ghost modules are leaves, so each one
 appears as a single ``call_module`` node the rewrite can see and replace.
 """
 
@@ -42,7 +42,7 @@ def _third_party_lists(model: nn.Module) -> tuple[list[type], list[Callable[...,
 
 
 def _holds_conv(m: nn.Module) -> bool:
-    return any(isinstance(sub, nn.Conv2d) for sub in m.modules())
+    return any(isinstance(sub, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) for sub in m.modules())
 
 
 class GhostTracer(fx.Tracer):
@@ -60,7 +60,7 @@ class GhostTracer(fx.Tracer):
         self.library_leaves = library_leaves
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if isinstance(m, nn.Conv2d) or is_ghost_module(m):
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d)) or is_ghost_module(m):
             return True
         if self.leaf_types and isinstance(m, self.leaf_types) and (self.library_leaves or not _holds_conv(m)):
             return True

@@ -29,82 +29,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, UnsafeModelFileError
 from ghostify.plan import get_plan
+from ghostify.utils import atomic_write, check_output_path
 
-__all__ = ["save", "resave", "load", "load_archive", "atomic_write", "check_output_path", "spec_paths", "FORMAT"]
+__all__ = ["save", "resave", "load", "load_archive", "FORMAT"]
 
 FORMAT = "ghostify.archive/1"
-
-
-def spec_paths(*specs: str | os.PathLike | None) -> list[Path]:
-    """The local files a model or data SPEC reads: the spec itself, or what follows ``kind:``.
-
-    Outputs are checked against them, so that no output (not even with --force) replaces a file
-    the command reads: the model, an --arch or --teacher model file, a data file.
-    """
-    paths = []
-    for spec in specs:
-        if spec is None:
-            continue
-        text = str(spec)
-        for cand in (text, text.split(":", 1)[1] if ":" in text else ""):
-            if cand and Path(cand).exists():
-                paths.append(Path(cand))
-    return paths
-
-
-def check_output_path(out: str | os.PathLike, inputs: Sequence[str | os.PathLike | None] = (),
-                      force: bool = False, *, flag: str = "--out",
-                      exists_hint: str = "pass --force to overwrite it") -> Path:
-    """Refuse to overwrite an input, or an existing file without ``force``; the directory must be writable.
-
-    ``inputs`` are the files the command reads and the other outputs it writes: ``out`` may be none
-    of them, whatever ``force`` says.
-    """
-    out = Path(out)
-    for src in inputs:
-        if src is not None and out.resolve() == Path(src).resolve():
-            raise GhostifyError(f"{out}: is also an input or another output of this command; refusing to "
-                                f"overwrite it (choose another {flag})")
-    if out.exists() and out.is_dir():
-        raise GhostifyError(f"{out}: is a directory; give a file path")
-    if out.exists() and not force:
-        raise GhostifyError(f"{out}: already exists; {exists_hint}")
-    parent = out.parent if str(out.parent) else Path(".")
-    if not parent.exists():
-        raise GhostifyError(f"{parent}: output directory does not exist")
-    if not parent.is_dir():
-        raise GhostifyError(f"{parent}: is not a directory, cannot write {out.name} inside it")
-    if not os.access(parent, os.W_OK):
-        raise GhostifyError(f"{parent}: output directory is not writable")
-    return out
-
-
-def atomic_write(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, then rename it into place."""
-    path = Path(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp",
-                                   dir=path.parent if str(path.parent) else ".")
-    except OSError as exc:  # unwritable or missing directory, disk full: the user's to fix, one line
-        raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data.encode() if isinstance(data, str) else data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual permissions
-        os.replace(tmp, path)
-    except BaseException as exc:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            raise GhostifyError(f"{path}: cannot write ({exc.strerror or exc}); nothing was written") from None
-        raise
-    return path
 
 
 def _skeleton(model: nn.Module) -> bytes:
@@ -165,12 +96,12 @@ def save(
     module itself when it came from a pickle file (its skeleton is stored in the archive), or
     the path of a ``.pt2`` torch.export archive (stored as it is).
     """
-    from ghostify import __version__
+    from ghostify._version import __version__
 
     plan = get_plan(model)
     if plan is None:
         raise GhostifyError("ghostify.save expects a model returned by ghostify.convert")
-    out = check_output_path(path, inputs, force)
+    out = check_output_path(path, inputs, force, param="path")
     recipe: dict[str, Any] = {
         "format": FORMAT,
         "ghostify_version": __version__,
@@ -207,9 +138,6 @@ def _write(out: Path, model: nn.Module, recipe: dict[str, Any], members: dict[st
     return atomic_write(out, buf.getvalue())
 
 
-_REGISTRIES = ("torchvision", "timm", "ghostify")  # sources rebuilt without running code the archive names
-
-
 def _check_recipe(recipe: Any, path: Path) -> None:
     """The recipe's fields have the types ``load_archive`` reads; else a one-line error naming the archive."""
     def bad(what: str) -> GhostifyError:
@@ -241,9 +169,9 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     """Rebuild and fill the model in a ``.ghost`` archive; return it (eval mode) and its recipe."""
     from safetensors.torch import load as st_load
 
-    from ghostify.fx.rewrite import convert
-    from ghostify.io.safe_load import safe_torch_load
-    from ghostify.io.specs import exported_module, load_model
+    from ghostify.convert import convert
+    from ghostify.io.registry import REGISTRIES, build_named
+    from ghostify.io.safe_load import exported_module, safe_torch_load
     from ghostify.policy import GhostConfig
 
     path = Path(path)
@@ -277,11 +205,11 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
                                     ) from None
     elif recipe.get("source"):
         spec = recipe["source"]
-        if spec.partition(":")[0] not in _REGISTRIES and not trust:
+        if spec.partition(":")[0] not in REGISTRIES and not trust:
             # rebuilding from a factory spec imports and calls code the archive names: like unpickling
-            raise GhostifyError(f"{path}: its source architecture is {spec!r}, which ghostify would have to import "
-                                "and run to rebuild the model; pass --trust if you trust this archive")
-        source = load_model(spec, input_size=recipe["input_size"], trust=trust).model
+            raise UnsafeModelFileError(f"{path}: its source architecture is {spec!r}, which ghostify would have to "
+                                       "import and run to rebuild the model")
+        source = build_named(spec)[0].eval()
     else:
         raise GhostifyError(f"{path}: the archive names no source architecture")
     try:
@@ -329,6 +257,6 @@ def resave(model: nn.Module, path: str | os.PathLike, like: str | os.PathLike, *
     plan = get_plan(model)
     if plan is not None and [layer.name for layer in plan.converted] != recipe.get("converted"):
         raise GhostifyError(f"the model's converted layers differ from those of {like}; save it with ghostify.save")
-    out = check_output_path(path, [like, *inputs], force)
+    out = check_output_path(path, [like, *inputs], force, param="path")
     recipe.update(extra or {})
     return _write(out, model, recipe, members)

@@ -51,8 +51,9 @@ import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError, UnsafeModelFileError
+from ghostify.utils import first_line
 
-__all__ = ["safe_torch_load", "safe_export_load", "ALLOWED_PACKAGES", "is_torchscript_archive",
+__all__ = ["safe_torch_load", "safe_export_load", "exported_module", "ALLOWED_PACKAGES", "is_torchscript_archive",
            "is_export_archive", "read_model_bytes"]
 
 ALLOWED_PACKAGES = ("torch", "torchvision", "timm", "ghostify")
@@ -142,8 +143,7 @@ def _refusal(label: str, qualname: str) -> UnsafeModelFileError:
     why = f" ({hint})" if hint else ""
     return UnsafeModelFileError(
         f"{label}: refused: it references {qualname}{why}, which is not an allow-listed module class of "
-        f"{', '.join(ALLOWED_PACKAGES)}; pass --trust (trust=True) only if you trust the file, since that "
-        "executes code stored in it")
+        f"{', '.join(ALLOWED_PACKAGES)}")
 
 
 def _zip_names(data: bytes) -> list[str] | None:
@@ -225,7 +225,7 @@ def _legacy_weights_only(data: bytes, label: str) -> Any:
                     raise UnsafeModelFileError(
                         f"{label}: a whole model saved in torch's legacy (pre-1.6) format cannot be loaded "
                         "without running its pickle; re-save it with a current torch (torch.save, or better "
-                        "its state_dict with --arch), or pass --trust if you trust the file") from None
+                        "its state_dict, loaded with its architecture)") from None
                 raise GhostifyError(f"{label}: not a readable PyTorch file (truncated, or corrupt: {reason})") from None
             qualname = match.group(1) or match.group(2)
             obj = _allowed(qualname)
@@ -327,17 +327,23 @@ def safe_export_load(source: str | os.PathLike | bytes, trust: bool = False) -> 
             with _weights_only_torch_load():
                 return torch.export.load(str(path))
         except UnsafeModelFileError as exc:
-            raise UnsafeModelFileError(f"{label}: refused: {exc}; pass --trust only if you trust the file") from None
+            raise UnsafeModelFileError(f"{label}: refused: {exc.message}") from None
         except Exception as exc:  # noqa: BLE001
             text = _unpickler_reason(exc)
             if "Weights only load failed" in str(exc) or "Unsupported global" in str(exc):
-                raise UnsafeModelFileError(
-                    f"{label}: refused: a member of the archive is a pickle ({text}); pass "
-                    "--trust only if you trust the file, since that executes code stored in it") from None
+                raise UnsafeModelFileError(f"{label}: refused: a member of the archive is a pickle ({text})") from None
             raise GhostifyError(f"{label}: not a readable torch.export archive ({text})") from None
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    line = text.splitlines()[0] if text else type(exc).__name__
-    return line.split(". This is an internal miniz error")[0][:240]  # torch's zip errors ramble on
+    return first_line(exc).split(". This is an internal miniz error")[0]  # torch's zip errors ramble on
+
+
+def exported_module(path: Path, trust: bool = False) -> nn.Module:
+    """The module of a torch.export archive (no pickle), with ``train``/``eval`` usable again."""
+    # safe_export_load: torch.export.load itself falls back to pickle for some members (runs code)
+    program = safe_export_load(path, trust=trust)
+    module = program.module()
+    for attr in ("train", "eval"):  # torch.export blocks them on the instance; the graph is inference-only
+        module.__dict__.pop(attr, None)
+    return module

@@ -12,8 +12,6 @@ No weights are downloaded: models built from names start from their random init.
 
 from __future__ import annotations
 
-import difflib
-import importlib
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -23,8 +21,10 @@ from typing import Any
 import torch
 from torch import nn
 
-from ghostify.errors import GhostifyError
-from ghostify.io.safe_load import safe_export_load, safe_torch_load
+from ghostify.errors import GhostifyError, InvalidValueError
+from ghostify.io.registry import build_named
+from ghostify.io.safe_load import exported_module, safe_torch_load
+from ghostify.utils import first_line
 
 __all__ = ["LoadedModel", "load_model", "parse_input_size", "expected_input", "DEFAULT_INPUT_SIZE", "FILE_SUFFIXES"]
 
@@ -55,67 +55,18 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] |
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise GhostifyError(f"--input-size must be C,H,W integers (e.g. 3,224,224), got {text!r}") from None
+            raise InvalidValueError("input_size", f"must be C,H,W integers (e.g. 3,224,224), got {text!r}") from None
     else:
         try:
             items = list(text)
         except TypeError:
-            raise GhostifyError(f"input size must be C,H,W (e.g. 3,224,224), got {text!r}") from None
+            raise InvalidValueError("input_size", f"must be C,H,W (e.g. 3,224,224), got {text!r}") from None
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise GhostifyError(f"input size must be three positive integers C,H,W, got {text!r}")
+            raise InvalidValueError("input_size", f"must be three positive integers C,H,W, got {text!r}")
         values = items
     if len(values) != 3 or min(values) < 1:
-        raise GhostifyError(f"--input-size must be three positive integers C,H,W, got {text!r}")
+        raise InvalidValueError("input_size", f"must be three positive integers C,H,W, got {text!r}")
     return values[0], values[1], values[2]
-
-
-def _suggest(name: str, choices: Sequence[str]) -> str:
-    close = difflib.get_close_matches(name, list(choices), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(close)}?" if close else ""
-
-
-def _torchvision(name: str) -> nn.Module:
-    import torchvision
-
-    available = torchvision.models.list_models()
-    if name not in available:
-        raise GhostifyError(f"unknown torchvision model {name!r}{_suggest(name, available)}")
-    return torchvision.models.get_model(name, weights=None)
-
-
-def _timm(name: str) -> nn.Module:
-    import timm
-
-    if not timm.is_model(name):
-        raise GhostifyError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())}")
-    return timm.create_model(name, pretrained=False)
-
-
-def _ghostify(name: str) -> nn.Module:
-    from ghostify import models
-
-    if name not in models.list_models():
-        raise GhostifyError(f"unknown ghostify model {name!r}{_suggest(name, models.list_models())}")
-    return models.create(name)
-
-
-def _factory(spec: str) -> nn.Module:
-    module_name, _, attr = spec.partition(":")
-    try:
-        module = importlib.import_module(module_name)
-    except Exception as exc:  # ImportError, but also ValueError/TypeError for malformed names, or the module's own
-        raise GhostifyError(f"cannot import {module_name!r} for model spec {spec!r}: "
-                            f"{type(exc).__name__}: {_first(exc)}") from None
-    factory = getattr(module, attr, None)
-    if factory is None:
-        raise GhostifyError(f"module {module_name!r} has no attribute {attr!r}")
-    try:
-        model = factory() if callable(factory) and not isinstance(factory, nn.Module) else factory
-    except Exception as exc:  # the user's factory failed: their error, in one line (--debug shows the traceback)
-        raise GhostifyError(f"{spec}() raised {type(exc).__name__}: {_first(exc)}") from exc
-    if not isinstance(model, nn.Module):
-        raise GhostifyError(f"{spec!r} did not give a torch.nn.Module (got {type(model).__name__})")
-    return model
 
 
 def expected_input(model: nn.Module) -> str | None:
@@ -173,30 +124,16 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
                             "not a state_dict")
     if isinstance(state, dict) and state and all(isinstance(v, torch.Tensor) for v in state.values()):
         if arch is None:
-            raise GhostifyError(f"{path}: holds a state_dict, not a model; name its architecture with "
-                                "--arch SPEC (e.g. --arch torchvision:resnet50)")
+            raise GhostifyError(f"{path}: holds a state_dict, not a model", param="arch",
+                                hint="name its architecture (arch='torchvision:resnet50', say)")
         model = load_model(arch).model
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise GhostifyError(f"{path}: does not fit --arch {arch}: {_first(exc)}") from None
+            raise GhostifyError(f"{path}: does not fit the architecture {arch}: {first_line(exc)}",
+                                param="arch") from None
         return model, "file-state-dict", {}
     raise GhostifyError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
-
-
-def exported_module(path: Path, trust: bool = False) -> nn.Module:
-    """The module of a torch.export archive (no pickle), with ``train``/``eval`` usable again."""
-    # safe_export_load: torch.export.load itself falls back to pickle for some members (runs code)
-    program = safe_export_load(path, trust=trust)
-    module = program.module()
-    for attr in ("train", "eval"):  # torch.export blocks them on the instance; the graph is inference-only
-        module.__dict__.pop(attr, None)
-    return module
-
-
-def _first(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return (text.splitlines()[0] if text else type(exc).__name__)[:240]
 
 
 def load_model(
@@ -216,18 +153,7 @@ def load_model(
         path = Path(spec)
         model, kind, meta = _load_file(path, arch, trust)
     else:
-        prefix, sep, name = spec.partition(":")
-        if not sep or not name:
-            raise GhostifyError(f"cannot read model spec {spec!r}: use torchvision:NAME, timm:NAME, "
-                                "ghostify:NAME, package.module:factory or a path to a model file")
-        if prefix == "torchvision":
-            model, kind = _torchvision(name), "torchvision"
-        elif prefix == "timm":
-            model, kind = _timm(name), "timm"
-        elif prefix == "ghostify":
-            model, kind = _ghostify(name), "ghostify"
-        else:
-            model, kind = _factory(spec), "factory"
+        model, kind = build_named(spec)
     size = parse_input_size(input_size)
     source = "flag"
     if size is None and "recipe" in meta:

@@ -6,12 +6,13 @@ BatchNorm is folded into the preceding layer at inference and counts nothing; ac
 pooling, additions and concatenations count nothing.
 
 Counting uses fvcore's jit-based ``JitModelAnalysis`` with handles for exactly those ops; when
-the jit tracer cannot run a model, forward hooks on Conv2d/Linear modules give the same count
+the jit tracer cannot run a model, forward hooks on convolution/Linear modules give the same count
 for every model made of modules (the result says which counter ran).
 """
 
 from __future__ import annotations
 
+import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -20,6 +21,8 @@ import torch
 from torch import nn
 
 __all__ = ["MacCount", "count_macs", "count_params", "forward_with_hooks", "CONVENTION"]
+
+_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
 CONVENTION = ("FLOPs = multiply-accumulates (MACs) of convolution and linear layers, as the paper "
               "counts them; BatchNorm folded, activations/pooling/additions free")
@@ -70,20 +73,20 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
 
 
 def _count_hooks(model: nn.Module, x: torch.Tensor) -> MacCount:
-    """Conv2d / Linear MACs from output shapes (used when jit tracing fails)."""
+    """Convolution / Linear MACs from output shapes (used when jit tracing fails)."""
     own: dict[str, int] = {}
 
     def hook(name: str):
         def fn(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-            if isinstance(mod, nn.Conv2d):
-                per_out = (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+            if isinstance(mod, _CONVS):
+                per_out = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
                 own[name] = own.get(name, 0) + out.numel() // out.shape[0] * per_out
             else:
                 own[name] = own.get(name, 0) + out.numel() // out.shape[0] * mod.in_features
         return fn
 
     forward_with_hooks(model, x, {name: hook(name) for name, mod in model.named_modules()
-                                  if isinstance(mod, (nn.Conv2d, nn.Linear))})
+                                  if isinstance(mod, (*_CONVS, nn.Linear))})
     by_module: dict[str, int] = {"": 0}
     for name, macs in own.items():
         parts = name.split(".")

@@ -23,12 +23,16 @@ def _short(n: float) -> str:
     return human(n, digits=1).replace(" ", "")
 
 
+# where a transfer fit's error was measured (plan.LayerPlan.transfer_fit), in the table's words
+_FIT_WORDS = {"calibration": "calibration maps", "synthetic": "synthetic maps", "weights": "weights"}
+
+
 def _transfer(row: object) -> str:
     err = getattr(row, "transfer_error", None)
     if err is None:
         return ""
-    where = "maps" if getattr(row, "transfer_fit", None) == "calibration" else "weights"
-    return f" · transfer rel. MSE {err:.3f} ({where})"
+    fit = getattr(row, "transfer_fit", None)
+    return f" · transfer rel. MSE {err:.3f} ({_FIT_WORDS.get(fit, fit)})"
 
 
 def render_report(report: Report, console: Console | None = None, layers: bool = True) -> None:

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError
+from ghostify.forward import check_forward, example_input
 from ghostify.fx.lift import is_exported_graph, lift_exported
 from ghostify.plan import ConversionPlan, get_plan
 from ghostify.policy import theoretical_compression, theoretical_speedup
@@ -27,7 +28,7 @@ SCHEMA = "ghostify.report/1"
 
 GPU_NOTE = ("On GPUs a Ghost model is usually slower than the original despite fewer MACs: its "
             "depthwise cheap operations are memory-bound (the paper's authors say the same and "
-            "target GPUs with G-GhostNet). Measure with `ghostify bench --torch --device cuda`.")
+            "target GPUs with G-GhostNet). Measure it on the GPU before relying on the MAC count.")
 
 
 @dataclass
@@ -98,35 +99,11 @@ def _output_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> d
 
     def record(name: str):
         def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
-            shapes.setdefault(name, list(out.shape[-2:]))
+            shapes.setdefault(name, list(out.shape[2:]))  # the spatial dims, 1-D to 3-D
         return hook
 
     forward_with_hooks(model, x, {name: record(name) for name, _ in model.named_modules() if name in wanted})
     return shapes
-
-
-def example_input(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
-    """A batch-1 input on the model's device and dtype."""
-    p = next(model.parameters(), None)
-    device = p.device if p is not None else torch.device("cpu")
-    dtype = p.dtype if (p is not None and p.is_floating_point()) else torch.float32
-    return torch.randn(1, *input_size, device=device, dtype=dtype)
-
-
-def check_forward(model: nn.Module, input_size: Sequence[int]) -> torch.Tensor:
-    """Run the model once; a failure means the input size is wrong for it (a user error)."""
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            return model(example_input(model, input_size))
-    except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GhostifyError(
-            f"the model rejected an input of size {tuple(input_size)} (C,H,W): {first[:300]}; "
-            "pass the size it expects with --input-size C,H,W") from exc
-    finally:
-        model.train(was_training)
 
 
 def build_report(
@@ -160,13 +137,13 @@ def build_report(
         params_a = count_params(converted, layer.name) if layer.converted else count_params(original, layer.name)
         r_s = r_c = None
         if layer.converted:
-            r_s = theoretical_speedup(layer.in_channels, layer.kernel_size, layer.s, layer.d, layer.groups)
-            r_c = theoretical_compression(layer.in_channels, layer.kernel_size, layer.s, layer.d, layer.groups)
+            r_s = theoretical_speedup(layer.c, layer.k, layer.s, layer.d, layer.groups)
+            r_c = theoretical_compression(layer.c, layer.k, layer.s, layer.d, layer.groups)
             saved_theoretical += macs_b / r_s
             converted_before += macs_b
         rows.append(LayerRow(
             name=layer.name, type=layer.type, converted=layer.converted, reason=layer.reason,
-            c=layer.in_channels, n=layer.out_channels, k=list(layer.kernel_size), stride=list(layer.stride),
+            c=layer.c, n=layer.n, k=list(layer.k), stride=list(layer.stride),
             groups=layer.groups, out_hw=shapes.get(layer.name), s=layer.s if layer.converted else None,
             d=layer.d if layer.converted else None, r_s=_round(r_s), r_c=_round(r_c),
             macs_before=macs_b, macs_after=macs_a, params_before=params_b, params_after=params_a,

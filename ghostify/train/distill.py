@@ -37,7 +37,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Sampler
 from torch.utils.data.distributed import DistributedSampler
 
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, InvalidValueError
+from ghostify.utils import atomic_write
 
 __all__ = ["FinetuneConfig", "FinetuneResult", "finetune", "evaluate", "distill_loss", "DistContext",
            "dist_context", "load_checkpoint", "CHECKPOINT_FORMAT"]
@@ -149,11 +150,11 @@ def dist_context(device: str | torch.device | None = None) -> DistContext:
         try:
             dev = torch.device(device)
         except (RuntimeError, TypeError):
-            raise GhostifyError(f"--device must be auto, cpu or cuda[:N], got {device!r}") from None
+            raise InvalidValueError("device", f"must be auto, cpu or cuda[:N], got {device!r}") from None
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device(f"cuda:{local}")
         if dev.type == "cuda" and not torch.cuda.is_available():
-            raise GhostifyError("--device cuda asked for, but CUDA is not available")
+            raise GhostifyError("device cuda asked for, but CUDA is not available", param="device")
     ctx = DistContext(world_size=world, rank=rank, local_rank=local, device=dev)
     if world > 1 and not dist.is_initialized():
         if dev.type == "cuda":
@@ -288,8 +289,6 @@ def _set_rng_state(state: dict[str, Any], device: torch.device) -> None:
 def _save_checkpoint(path: Path, payload: dict[str, Any]) -> None:
     import io
 
-    from ghostify.io.archive import atomic_write
-
     buf = io.BytesIO()
     torch.save(payload, buf)
     atomic_write(path, buf.getvalue())
@@ -319,7 +318,7 @@ def finetune(
     resume: bool = False,
     metrics: str | os.PathLike | None = None,
     device: str | torch.device | None = None,
-    progress: bool = False,
+    progress: Callable[[int, int, str], None] | None = None,
     on_step: Callable[[int], None] | None = None,
 ) -> FinetuneResult:
     """Distill ``teacher`` into ``student`` (in place) on ``train_data``; see the module docstring.
@@ -346,7 +345,8 @@ def finetune(
 
 def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data: Dataset | None,
          cfg: FinetuneConfig, ctx: DistContext, checkpoint: str | os.PathLike | None, resume: bool,
-         metrics: str | os.PathLike | None, progress: bool, on_step: Callable[[int], None] | None) -> FinetuneResult:
+         metrics: str | os.PathLike | None, progress: Callable[[int, int, str], None] | None,
+         on_step: Callable[[int], None] | None) -> FinetuneResult:
     dev = ctx.device
     if cfg.batch_size % ctx.world_size:
         raise GhostifyError(f"batch size {cfg.batch_size} must be divisible by the {ctx.world_size} processes")
@@ -403,7 +403,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
     resumed_from = None
     if resume:
         if ckpt_path is None or not ckpt_path.exists():
-            raise GhostifyError(f"--resume: no checkpoint at {ckpt_path}")
+            raise GhostifyError(f"resume: no checkpoint at {ckpt_path}", param="resume")
         payload = load_checkpoint(ckpt_path)
         try:
             student.load_state_dict(payload["model"])
@@ -419,7 +419,7 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
         resumed_from = step
         if payload.get("total_steps") != total:
             raise GhostifyError(f"{ckpt_path}: the checkpoint is for a {payload.get('total_steps')}-step run; "
-                                f"these settings give {total} steps (use the same --epochs/--max-steps/--batch-size)")
+                                f"these settings give {total} steps (use the same epochs, max steps and batch size)")
 
     metrics_fh = open(metrics, "a") if (metrics is not None and ctx.is_main) else None  # noqa: SIM115
 
@@ -452,16 +452,9 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
             emit({"event": "start", "step": 0, "student_acc": test_acc(student), "teacher_acc": teacher_acc,
                   "total_steps": total, "world_size": ctx.world_size})
 
-    bar = None
-    if progress and ctx.is_main:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
-
-        from ghostify.cli.app import err_console
-
-        bar = Progress(TextColumn("distilling"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                       TimeRemainingColumn(), console=err_console, transient=True)
-        bar.start()
-        task = bar.add_task("", total=total, completed=step)
+    report = progress if ctx.is_main else None
+    if report is not None:
+        report(step, total, "")
 
     t0 = time.time()
     student_acc = None
@@ -510,9 +503,10 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
                 step += 1
                 skip += 1
                 if not math.isfinite(loss_value):
-                    raise GhostifyError(f"the loss became {loss_value} at step {step}; lower --lr")
-                if bar is not None:
-                    bar.update(task, advance=1, description=f"epoch {epoch + 1} loss {loss_value:.3f}")
+                    raise GhostifyError(f"the loss became {loss_value} at step {step}", param="lr",
+                                        hint="lower the learning rate")
+                if report is not None:
+                    report(step, total, f"epoch {epoch + 1} loss {loss_value:.3f}")
                 if step % cfg.log_every == 0 or step == total:
                     emit({"event": "step", "step": step, "epoch": epoch, "loss": round(loss_value, 5),
                           "kd": round(kd, 5), "ce": round(ce, 5), "feature": round(feat, 5),
@@ -541,8 +535,6 @@ def _run(student: nn.Module, teacher: nn.Module, train_data: Dataset, test_data:
     finally:
         if taps is not None:
             taps.close()
-        if bar is not None:
-            bar.stop()
         if metrics_fh is not None:
             metrics_fh.close()
     student.eval()

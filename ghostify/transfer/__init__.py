@@ -42,6 +42,7 @@ from ghostify.transfer.fit import (
     weight_space_fit,
 )
 from ghostify.transfer.synthetic import has_batchnorm, synthesize_inputs
+from ghostify.utils import first_line
 
 __all__ = ["transfer_init", "as_calibration_tensor", "DEFAULT_CALIB_SAMPLES"]
 
@@ -57,7 +58,7 @@ def as_calibration_tensor(data: Any, max_samples: int | None = None) -> torch.Te
     if data is None:
         return None
     if isinstance(data, str):
-        from ghostify.data_specs import load_data
+        from ghostify.data.specs import load_data
 
         data = load_data(data, train=True, max_samples=max_samples).images
     if isinstance(data, torch.Tensor):
@@ -122,9 +123,8 @@ def _capture(model: nn.Module, name: str, X: torch.Tensor, what: str, chunk: int
             except _Stop:
                 pass
             except Exception as exc:
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
                 raise GhostifyError(f"the model rejected the calibration data of shape {tuple(X.shape)}: "
-                                    f"{first[:200]}") from exc
+                                    f"{first_line(exc, 200)}") from exc
             if len(got) == before:  # the layer did not run for this input
                 return None
     finally:
@@ -191,9 +191,8 @@ def _execution_order(converted: nn.Module, layers: list[LayerPlan], ghosts: dict
     try:
         converted(X0[:1])
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise GhostifyError(f"the model rejected the calibration data of shape {tuple(X0.shape)}: "
-                            f"{first[:200]}") from exc
+                            f"{first_line(exc, 200)}") from exc
     finally:
         for h in handles:
             h.remove()

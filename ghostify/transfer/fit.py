@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghostify.layers.ghost import GhostModule
+from ghostify.layers.surgery import copy_norm_channels
 from ghostify.transfer.assign import Assignment
 
 __all__ = ["LayerParts", "PairFit", "weight_space_fit", "data_fit", "apply_fit", "refine",
@@ -283,7 +284,7 @@ def apply_fit(ghost: GhostModule, parts: LayerParts, a: Assignment, fit: PairFit
             getattr(primary, name).copy_(buf[idx])
     pnorm = _norm_of(ghost.primary_conv)
     if pnorm is not None and parts.norm is not None:
-        _copy_bn_channels(pnorm, parts.norm, list(range(m)), a.intrinsic)
+        copy_norm_channels(pnorm, parts.norm, list(range(m)), a.intrinsic)
     if ghost.cheap_operation is None:  # s = 1: the original filters in their order, no permutation
         return
     cheap = ghost.cheap_operation[0]
@@ -300,7 +301,7 @@ def apply_fit(ghost: GhostModule, parts: LayerParts, a: Assignment, fit: PairFit
         if cnorm is None and cheap.bias is not None:
             cheap.bias[q] = fit.c[i, o]
     if cnorm is not None and parts.norm is not None:
-        _copy_bn_channels(cnorm, parts.norm, slots, sources)
+        copy_norm_channels(cnorm, parts.norm, slots, sources)
         for o, (k, q) in a.ghost_of.items():
             # the module computes phi * H without c: BN(phi * H) with mean mu_o - c is BN_o(phi * H + c)
             cnorm.running_mean[q] -= fit.c[a.intrinsic[k], o].to(cnorm.running_mean)
@@ -314,17 +315,6 @@ def apply_fit(ghost: GhostModule, parts: LayerParts, a: Assignment, fit: PairFit
                 cnorm.bias[q_idx] = _match_act_mean(parts.act, beta, gamma.abs(), gain.double()).to(cnorm.bias)
     ghost.channel_order = a.channel_order(n, m).to(conv.weight.device)
 
-
-def _copy_bn_channels(dst: nn.BatchNorm2d, src: nn.BatchNorm2d, dst_idx: list[int], src_idx: list[int]) -> None:
-    di = torch.tensor(dst_idx, dtype=torch.long)
-    si = torch.tensor(src_idx, dtype=torch.long)
-    if dst.affine and src.affine:
-        dst.weight[di] = src.weight.detach()[si]
-        dst.bias[di] = src.bias.detach()[si]
-    if dst.running_mean is not None and src.running_mean is not None:
-        dst.running_mean[di] = src.running_mean[si]
-        dst.running_var[di] = src.running_var[si]
-    dst.eps = src.eps
 
 
 # -- refinement on the local reconstruction error -----------------------------------------------

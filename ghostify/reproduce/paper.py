@@ -284,7 +284,7 @@ def row_specs() -> list[_Spec]:
 
 
 def _convert(model: nn.Module, s: int, d: int, keep_stem: bool) -> nn.Module:
-    from ghostify.fx.rewrite import convert
+    from ghostify.convert import convert
 
     return convert(model, config=GhostConfig(s=s, d=d, keep_stem=keep_stem))
 
@@ -374,9 +374,9 @@ def build_tables(tables: list[str] | None = None, progress: Callable[[str], None
 
 
 def _versions() -> dict[str, str]:
-    import ghostify
+    from ghostify._version import __version__
 
-    out = {"ghostify": ghostify.__version__, "torch": torch.__version__.split("+")[0]}
+    out = {"ghostify": __version__, "torch": torch.__version__.split("+")[0]}
     for mod in ("torchvision", "timm"):
         try:
             out[mod] = __import__(mod).__version__.split("+")[0]

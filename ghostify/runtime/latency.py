@@ -17,7 +17,6 @@ Ratio conventions (also in ``docs/deploy.md``):
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from collections.abc import Callable, Sequence
@@ -27,10 +26,13 @@ from typing import Any
 
 import numpy as np
 
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, InvalidValueError
+from ghostify.runtime.cpu import cpu_info
+from ghostify.runtime.session import onnx_session
+from ghostify.utils import first_line
 
-__all__ = ["cpu_info", "percentiles", "bench_onnx", "time_onnx", "compare", "bench_torch", "profile_onnx",
-           "TimedModel", "SCHEMA"]
+__all__ = ["percentiles", "bench_onnx", "time_onnx", "compare", "bench_torch", "profile_onnx", "TimedModel",
+           "SCHEMA", "MAX_THREADS"]
 
 SCHEMA = "ghostify.bench/1"
 
@@ -46,46 +48,6 @@ def percentiles(values: Sequence[float]) -> dict[str, float]:
     return {"p10": float(p10), "p50": float(p50), "p90": float(p90), "n": int(arr.size)}
 
 
-_ISA_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
-              "amx_bf16", "amx_int8", "avx_vnni")
-_ARM_FLAGS = ("neon", "asimd", "asimddp", "sve", "sve2", "i8mm", "bf16", "fphp", "asimdhp")
-_ARM_PARTS = {("0x41", "0xd0c"): "Neoverse-N1", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd49"): "Neoverse-N2",
-              ("0x41", "0xd4f"): "Neoverse-V2", ("0x41", "0xd08"): "Cortex-A72", ("0x41", "0xd0b"): "Cortex-A76",
-              ("0x41", "0xd03"): "Cortex-A53", ("0x41", "0xd05"): "Cortex-A55", ("0x61", "0x022"): "Apple M1",
-              ("0x41", "0xd8e"): "Neoverse-N3"}
-
-
-def cpu_info(cpuinfo_path: str | os.PathLike = "/proc/cpuinfo") -> dict[str, Any]:
-    """CPU model, architecture, ISA extensions that matter to onnxruntime's kernels, core counts.
-
-    Reads ``/proc/cpuinfo`` (x86: ``model name``/``flags``; ARM: ``CPU implementer``/``CPU part``/
-    ``Features``) and falls back to :mod:`platform` elsewhere.
-    """
-    info: dict[str, Any] = {"arch": platform.machine(), "model": platform.processor() or platform.machine(),
-                            "isa": [], "logical_cpus": os.cpu_count(),
-                            "usable_cpus": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
-                            else os.cpu_count()}
-    try:
-        text = Path(cpuinfo_path).read_text(errors="replace")
-    except OSError:
-        return info
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(":")
-        if sep and key.strip() not in fields:  # first processor block is enough
-            fields[key.strip()] = value.strip()
-    flags = set((fields.get("flags") or fields.get("Features") or "").split())
-    if "model name" in fields:
-        info["model"] = fields["model name"]
-    elif "CPU implementer" in fields:
-        part = _ARM_PARTS.get((fields.get("CPU implementer", "").lower(), fields.get("CPU part", "").lower()))
-        info["model"] = part or f"ARM implementer {fields.get('CPU implementer')} part {fields.get('CPU part')}"
-    elif "Hardware" in fields:
-        info["model"] = fields["Hardware"]
-    info["isa"] = [f for f in _ISA_FLAGS + _ARM_FLAGS if f in flags]
-    return info
-
-
 def _feed(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
     feeds = {}
     rng = np.random.default_rng(seed)
@@ -94,8 +56,9 @@ def _feed(session: Any, batch: int, seed: int = 0) -> dict[str, np.ndarray]:
         for k, dim in enumerate(inp.shape):
             if isinstance(dim, int) and dim > 0:
                 if k == 0 and batch != dim:
-                    raise GhostifyError(f"{inp.name}: the model has a fixed batch of {dim}; --batch {batch} needs "
-                                        "an export with --dynamic-batch")
+                    raise GhostifyError(f"{inp.name}: the model has a fixed batch of {dim}; a batch of {batch} "
+                                        "needs an export with a dynamic batch dimension", param="batch",
+                                        hint="export it with dynamic_batch=True")
                 shape.append(dim)
             elif k == 0:
                 shape.append(batch)
@@ -170,13 +133,13 @@ MAX_THREADS = 1024
 
 def _check_counts(runs: int, warmup: int, threads: int | None, batch: int) -> None:
     if runs < 1:
-        raise GhostifyError(f"--runs must be >= 1, got {runs}")
+        raise InvalidValueError("runs", f"must be >= 1, got {runs}")
     if warmup < 0:
-        raise GhostifyError(f"--warmup must be >= 0, got {warmup}")
+        raise InvalidValueError("warmup", f"must be >= 0, got {warmup}")
     if threads is not None and not 1 <= threads <= MAX_THREADS:  # thousands of pool threads hang the machine
-        raise GhostifyError(f"--threads must be between 1 and {MAX_THREADS}, got {threads}")
+        raise InvalidValueError("threads", f"must be between 1 and {MAX_THREADS}, got {threads}")
     if batch < 1:
-        raise GhostifyError(f"--batch must be >= 1, got {batch}")
+        raise InvalidValueError("batch", f"must be >= 1, got {batch}")
 
 
 def time_onnx(
@@ -189,8 +152,6 @@ def time_onnx(
     progress: Progress | None = None,
 ) -> list[TimedModel]:
     """Latencies of one or more ONNX models, interleaved run by run (onnxruntime CPU, ORT_ENABLE_ALL)."""
-    from ghostify.export.onnx import onnx_session
-
     _check_counts(runs, warmup, threads, batch)
     paths = [Path(p) for p in paths]
     for p in paths:
@@ -201,7 +162,7 @@ def time_onnx(
         try:
             sessions.append(onnx_session(p, threads=threads))
         except Exception as exc:  # onnxruntime raises its own exception types on bad files
-            raise GhostifyError(f"{p}: onnxruntime cannot load it ({str(exc).splitlines()[0][:200]})") from exc
+            raise GhostifyError(f"{p}: onnxruntime cannot load it ({first_line(exc, 200)})") from exc
     feeds = [_feed(s, batch) for s in sessions]
     calls = [lambda s=s, f=f: s.run(None, f) for s, f in zip(sessions, feeds, strict=True)]
     return _interleave(calls, [str(p) for p in paths], runs, warmup, progress)
@@ -254,9 +215,9 @@ def bench_torch(
 
     _check_counts(runs, warmup, threads, batch)
     if device not in ("cpu", "cuda"):
-        raise GhostifyError(f"--device must be cpu or cuda, got {device!r}")
+        raise InvalidValueError("device", f"must be cpu or cuda, got {device!r}")
     if device == "cuda" and not torch.cuda.is_available():
-        raise GhostifyError("--device cuda: no CUDA device is available here")
+        raise GhostifyError("device cuda: no CUDA device is available here", param="device")
     old_threads = torch.get_num_threads()
     if threads is not None and device == "cpu":
         torch.set_num_threads(threads)
@@ -289,8 +250,6 @@ def profile_onnx(path: str | os.PathLike, *, threads: int | None = 1, batch: int
     """onnxruntime's own profile: kernel time per op type (after ORT_ENABLE_ALL's fusions)."""
     import json
     import tempfile
-
-    from ghostify.export.onnx import onnx_session
 
     with tempfile.TemporaryDirectory() as tmp:
         sess = onnx_session(path, threads=threads, profile_prefix=str(Path(tmp) / "ort"))

@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import Dataset
 
-from ghostify.data import FASHION_MNIST_DIR, load_fashion_mnist
+from ghostify.data.idx import FASHION_MNIST_DIR, load_fashion_mnist
 from ghostify.errors import GhostifyError
 
 __all__ = ["Preprocess", "ImageData", "Batch", "open_data", "load_data", "preprocess_for", "DATA_KINDS",

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, InvalidValueError
 
 __all__ = ["Gate", "GateResult", "GATES", "read_figures", "run_gates", "MAX_REPORT_BYTES"]
 
@@ -41,8 +41,7 @@ MAX_REPORT_BYTES = 64 * 2**20  # a report is small; anything bigger is not one
 class Gate:
     """One figure and the direction its threshold bounds it."""
 
-    key: str  # the figure's name in read_figures()
-    flag: str  # the CLI option
+    key: str  # the figure's name in read_figures(), and the threshold's key in run_gates()
     label: str  # words for messages
     minimum: bool  # True: figure >= threshold holds; False: figure <= threshold holds
     unit: str  # "x" factor, "pp" percentage points
@@ -50,13 +49,13 @@ class Gate:
 
 
 GATES: dict[str, Gate] = {
-    "macs_reduction": Gate("macs_reduction", "--min-macs-reduction", "MACs reduction (before/after)", True, "x",
-                           "a convert report (ghostify convert --json)"),
-    "params_reduction": Gate("params_reduction", "--min-params-reduction", "params reduction (before/after)", True,
-                             "x", "a convert report (ghostify convert --json)"),
-    "latency_ratio": Gate("latency_ratio", "--max-latency-ratio", "latency ratio (after/before)", False, "x",
+    "macs_reduction": Gate("macs_reduction", "MACs reduction (before/after)", True, "x",
+                           "a convert report (its totals)"),
+    "params_reduction": Gate("params_reduction", "params reduction (before/after)", True, "x",
+                             "a convert report (its totals)"),
+    "latency_ratio": Gate("latency_ratio", "latency ratio (after/before)", False, "x",
                           "a bench report with latency_ratio"),
-    "accuracy_drop": Gate("accuracy_drop", "--max-accuracy-drop", "accuracy drop (teacher - student)", False, "pp",
+    "accuracy_drop": Gate("accuracy_drop", "accuracy drop (teacher - student)", False, "pp",
                           "finetune metrics (student_acc and teacher_acc, or accuracy_drop)"),
 }
 
@@ -69,11 +68,12 @@ class GateResult:
     passed: bool
     source: str  # the report the figure came from
 
-    def describe(self) -> str:
+    def describe(self, name: str | None = None) -> str:
+        """One line; ``name`` says where the threshold came from (default: the gate's key)."""
         op = ">=" if self.gate.minimum else "<="
         verdict = "ok" if self.passed else "FAILED"
         return (f"{self.gate.label}: {_fmt(self.value, self.gate.unit)} (needs {op} "
-                f"{_fmt(self.threshold, self.gate.unit)}, {self.gate.flag}) {verdict}")
+                f"{_fmt(self.threshold, self.gate.unit)}, {name or self.gate.key}) {verdict}")
 
 
 def _fmt(v: float, unit: str) -> str:
@@ -143,7 +143,7 @@ def _from_object(obj: dict[str, Any], label: str) -> dict[str, float]:
 
 
 def _from_json_lines(text: str, label: str) -> dict[str, float]:
-    """A finetune --metrics file: one JSON object a line; the last one with both accuracies counts."""
+    """Finetune metrics (JSON lines): one JSON object a line; the last one with both accuracies counts."""
     last: dict[str, Any] | None = None
     for i, line in enumerate(text.splitlines(), 1):
         if not line.strip():
@@ -217,14 +217,15 @@ def run_gates(paths: list[str | os.PathLike], thresholds: dict[str, float | None
     if unknown:
         raise GhostifyError(f"unknown gates: {', '.join(sorted(unknown))}")
     if not wanted:
-        raise GhostifyError("no gate given: pass at least one of " + ", ".join(g.flag for g in GATES.values()))
+        raise GhostifyError("no gate given", param="thresholds",
+                            hint="give at least one threshold of " + ", ".join(GATES))
     if not paths:
-        raise GhostifyError("no report given")
+        raise GhostifyError("no report given", param="paths")
     for key, value in wanted.items():
         if not math.isfinite(value):
-            raise GhostifyError(f"{GATES[key].flag} must be a finite number, got {value}")
+            raise InvalidValueError(key, f"must be a finite number, got {value}")
         if GATES[key].unit == "x" and value <= 0:
-            raise GhostifyError(f"{GATES[key].flag} must be > 0, got {value:g}")
+            raise InvalidValueError(key, f"must be > 0, got {value:g}")
     figures: dict[str, tuple[float, str]] = {}
     for path in paths:
         for key, value in read_figures(path).items():
@@ -233,8 +234,8 @@ def run_gates(paths: list[str | os.PathLike], thresholds: dict[str, float | None
     for key, threshold in wanted.items():
         gate = GATES[key]
         if key not in figures:
-            raise GhostifyError(f"{gate.flag}: no report given has the {gate.label} figure (it comes from "
-                                f"{gate.source})")
+            raise GhostifyError(f"no report given has the {gate.label} figure (it comes from {gate.source})",
+                                param=key)
         value, source = figures[key]
         passed = value >= threshold if gate.minimum else value <= threshold
         results.append(GateResult(gate, value, float(threshold), passed, source))

@@ -1,0 +1,106 @@
+"""``ghostify.convert``: the pass, then the Ghost modules' weights.
+
+A thin composition, like ``torch.ao.quantization.convert_fx``: the rewrite pass
+(:func:`ghostify.fx.rewrite.rewrite`) builds the Ghost model and its plan; the weights then come
+from PyTorch's default init (``init="random"``, the paper trains from scratch) or from the
+original convolutions (``init="transfer"``, :mod:`ghostify.transfer`).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from torch import nn
+
+from ghostify.errors import GhostifyError, InvalidValueError, NothingToConvertError
+from ghostify.fx.rewrite import rewrite
+from ghostify.layers.ghost import GhostModule
+from ghostify.plan import PLAN_ATTR
+from ghostify.policy import GhostConfig
+
+__all__ = ["convert", "INIT_CHOICES"]
+
+INIT_CHOICES = ("random", "transfer")
+
+
+def _config(config: GhostConfig | None, s: int | None, d: int | None, include: Iterable[str] | None,
+            exclude: Iterable[str] | None) -> GhostConfig:
+    """A copy of ``config`` (or the default) with the keyword shortcuts applied on top."""
+    config = copy.deepcopy(config) if config is not None else GhostConfig()
+    if s is not None or d is not None:
+        config.set_global(s if s is not None else config.s, d if d is not None else config.d)
+    if include is not None:
+        config.include = list(include) or ["*"]
+    if exclude is not None:
+        config.exclude = list(exclude)
+    return config
+
+
+def _reset(ghost: GhostModule) -> None:
+    for mod in ghost.modules():
+        if mod is not ghost and hasattr(mod, "reset_parameters"):
+            mod.reset_parameters()
+
+
+def convert(
+    model: nn.Module,
+    s: int | None = None,
+    d: int | None = None,
+    config: GhostConfig | None = None,
+    *,
+    include: Iterable[str] | None = None,
+    exclude: Iterable[str] | None = None,
+    init: str = "random",
+    calibration_data: Any = None,
+    input_size: Sequence[int] | None = None,
+    calibration_samples: int | None = None,
+    strict: bool = False,
+    inplace: bool = False,
+) -> nn.Module:
+    """Return a copy of ``model`` whose convolutions are Ghost modules (the input is untouched).
+
+    Args:
+        model: any ``nn.Module`` (CNN); traced with torch.fx, or swapped in place if that fails.
+        config: the policy (:class:`ghostify.GhostConfig`).
+        s, d, include, exclude: shortcuts for the policy's global ratio, cheap kernel and name
+            globs; given, they override ``config``'s.
+        init: ``"random"`` (fresh weights, the paper trains from scratch) or ``"transfer"``
+            (start each Ghost module from the convolution it replaces; see ghostify.transfer).
+        calibration_data: unlabeled inputs for ``init="transfer"`` (data-aware fit).
+        input_size: (C, H, W) of one input; with ``init="transfer"`` and no calibration data,
+            the fit runs on inputs distilled from the model's BatchNorm statistics.
+        calibration_samples: use at most this many calibration inputs, or distil this many
+            (default: all given; 256 distilled).
+        strict: raise :class:`NothingToConvertError` when no convolution converts.
+        inplace: rewrite ``model`` itself (module-swap mode only; fx always builds a new module).
+
+    The returned module carries ``ghostify_plan`` (:class:`ghostify.plan.ConversionPlan`).
+    """
+    if init not in INIT_CHOICES:
+        raise InvalidValueError("init", f"must be one of {', '.join(INIT_CHOICES)}, got {init!r}")
+    config = _config(config, s, d, include, exclude)
+    if not isinstance(model, nn.Module):
+        raise GhostifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
+    if inplace and init == "transfer":  # transfer reads the original convolutions after the rewrite
+        raise GhostifyError("init='transfer' needs the original model intact; use inplace=False", param="inplace")
+    gm, plan = rewrite(model, config, inplace=inplace)
+    plan.init = init
+    if not plan.layers:
+        raise GhostifyError("the model has no convolution (nn.Conv1d/2d/3d): nothing for ghostify to convert")
+    if strict and not plan.converted:
+        raise NothingToConvertError("no convolution was converted (every one was left alone: see the report)")
+    ghosts = {name: mod for name, mod in gm.named_modules() if isinstance(mod, GhostModule)}
+    if init == "random":
+        for layer in plan.converted:
+            _reset(ghosts[layer.name])
+    else:
+        from ghostify.transfer import transfer_init
+
+        samples = {} if calibration_samples is None else {"max_samples": calibration_samples,
+                                                          "synthetic_samples": calibration_samples}
+        transfer_init(model, gm, plan, calibration_data=calibration_data, input_size=input_size, **samples)
+    gm.train(model.training)
+    setattr(gm, PLAN_ATTR, plan)
+    return gm
