@@ -308,22 +308,22 @@ def stage_ceiling(args: argparse.Namespace, work: Path) -> dict[str, Any]:
     return out
 
 
-# Each rule of the deployment form switched off in turn (ghostify/export/deploy.py's switches);
+# Each rule of the deployment form switched off in turn (ghostify.DeployConfig's fields);
 # every variant computes the same function (tests/test_deploy.py), only its graph differs.
 ABLATION: list[tuple[str, int, list[tuple[str, dict[str, Any]]]]] = [
     ("resnet50", 2, [
         ("training form (paper form; onnxruntime folds the BN, the Concat stays)", {"deploy": False}),
         ("deployment form, parts read through a Concat + one convolution",
-         {"SPLIT_SUM": False, "IDENTITY_ADD": False}),
-        ("deployment form, split convolutions W_a a + W_b b, unfused intrinsic Add + ReLU", {"IDENTITY_ADD": False}),
+         {"split_sum": False, "identity_add": False}),
+        ("deployment form, split convolutions W_a a + W_b b, unfused intrinsic Add + ReLU", {"identity_add": False}),
         ("deployment form (all rules)", {}),
     ]),
     ("resnet50", 4, [
-        ("deployment form, cheap conv kept as one channel-multiplier conv", {"SPLIT_MULTIPLIER": False}),
+        ("deployment form, cheap conv kept as one channel-multiplier conv", {"split_multiplier": False}),
         ("deployment form (all rules)", {}),
     ]),
     ("mobilenet_v2", 2, [
-        ("deployment form, split convolutions before ReLU6 too", {"CONCAT_BEFORE_OTHER_ACTS": False}),
+        ("deployment form, split convolutions before ReLU6 too", {"concat_before_other_acts": False}),
         ("deployment form (all rules)", {}),
     ]),
     ("mobilenet_v2", 4, [
@@ -334,13 +334,10 @@ ABLATION: list[tuple[str, int, list[tuple[str, dict[str, Any]]]]] = [
 
 
 def stage_ablation(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
-    import importlib
-
     import torchvision
 
     from ghostify.runtime.latency import compare, time_onnx
 
-    rules = importlib.import_module("ghostify.export.deploy")  # the package re-exports the function
     groups = []
     for name, s, variants in ABLATION:
         torch.manual_seed(0)
@@ -350,17 +347,10 @@ def stage_ablation(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]
         export(orig, base)
         paths = [base]
         for k, (_, setting) in enumerate(variants):
-            switches = {key: val for key, val in setting.items() if key.isupper()}
-            saved = {key: getattr(rules, key) for key in switches}
-            try:
-                for key, val in switches.items():
-                    setattr(rules, key, val)
-                model = ghost
-                if setting.get("deploy", True):
-                    model = rules.deploy(ghost, align=setting.get("align", 16))
-            finally:
-                for key, val in saved.items():
-                    setattr(rules, key, val)
+            rules = {key: val for key, val in setting.items() if key != "deploy"}
+            model = ghost
+            if setting.get("deploy", True):
+                model = ghostify.deploy(ghost, ghostify.DeployConfig(**rules))
             path = work / f"abl_{name}_s{s}_{k}.onnx"
             export(model, path, deploy=False)  # already in the form to time
             paths.append(path)
