@@ -15,7 +15,7 @@ from ghostify.errors import GhostifyError
 
 # public name -> module that defines it
 _LAZY = {
-    "convert": "ghostify.convert",
+    "convert": "ghostify.conversion",
     "load": "ghostify.io.archive",
     "save": "ghostify.io.archive",
     "load_model": "ghostify.io.specs",
@@ -33,7 +33,7 @@ __all__ = ["convert", "load", "save", "load_model", "GhostConfig", "GhostModule"
            "get_plan", "deploy", "DeployConfig", "build_report", "GhostifyError", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
-    from ghostify.convert import convert
+    from ghostify.conversion import convert
     from ghostify.export.deploy import DeployConfig, deploy
     from ghostify.io.archive import load, save
     from ghostify.io.specs import load_model

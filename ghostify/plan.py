@@ -54,6 +54,8 @@ class ConversionPlan:
     layers: list[LayerPlan] = field(default_factory=list)
     lost_optimizations: list[str] = field(default_factory=list)
     init: str = "random"
+    init_reason: str | None = None  # why this init ran (e.g. "the model file carries trained weights")
+    transfer: dict[str, Any] | None = None  # how transfer init ran: fit, samples, seconds, output error...
 
     @property
     def converted(self) -> list[LayerPlan]:
@@ -64,6 +66,8 @@ class ConversionPlan:
             "config": self.config,
             "mode": self.mode,
             "init": self.init,
+            "init_reason": self.init_reason,
+            "transfer": self.transfer,
             "lost_optimizations": list(self.lost_optimizations),
             "layers": [layer.to_dict() for layer in self.layers],
         }

@@ -24,7 +24,7 @@ RANKS = {
     "fx": 4,
     "transfer": 5, "report": 5, "export": 5,
     "train": 6, "tune": 6,
-    "convert": 7,
+    "conversion": 7,
     "io": 8, "reproduce": 8,
     "": 9,  # the package root (ghostify/__init__.py): the public API, lazily
     "cli": 10, "__main__": 11,
@@ -139,3 +139,14 @@ def test_library_errors_speak_in_library_terms(path: Path) -> None:
             text = " ".join(s.value for s in ast.walk(node.exc) if isinstance(s, ast.Constant)
                             and isinstance(s.value, str))
             assert not FLAG.search(text), f"{path.name}:{node.lineno}: {text!r}"
+
+
+def test_public_names_are_never_shadowed_by_submodules() -> None:
+    """Importing a submodule binds it on its package: no public name may be a submodule's name."""
+    import importlib
+
+    import ghostify
+
+    for name, module in ghostify._LAZY.items():
+        importlib.import_module(module)
+        assert not isinstance(getattr(ghostify, name), type(ghostify)), name

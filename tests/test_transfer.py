@@ -191,8 +191,8 @@ def test_calibration_samples_sets_how_many_inputs_are_distilled_or_read(monkeypa
     ghostify.convert(model, s=2, init="transfer", input_size=(3, 8, 8), calibration_samples=12)
     assert seen == [12]
     reads: list[int | None] = []
-    real_tensor = transfer.as_calibration_tensor
-    monkeypatch.setattr(transfer, "as_calibration_tensor",
-                        lambda data, n=None: reads.append(n) or real_tensor(data, n))
+    real_batches = transfer.calibration_batches
+    monkeypatch.setattr(transfer, "calibration_batches",
+                        lambda data, samples, chunk: reads.append(samples) or real_batches(data, samples, chunk))
     ghostify.convert(model, s=2, init="transfer", calibration_data=torch.randn(20, 3, 8, 8), calibration_samples=6)
     assert reads == [6]

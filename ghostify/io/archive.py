@@ -169,7 +169,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     """Rebuild and fill the model in a ``.ghost`` archive; return it (eval mode) and its recipe."""
     from safetensors.torch import load as st_load
 
-    from ghostify.convert import convert
+    from ghostify.conversion import convert
     from ghostify.io.registry import REGISTRIES, build_named
     from ghostify.io.safe_load import exported_module, safe_torch_load
     from ghostify.policy import GhostConfig

@@ -284,7 +284,7 @@ def row_specs() -> list[_Spec]:
 
 
 def _convert(model: nn.Module, s: int, d: int, keep_stem: bool) -> nn.Module:
-    from ghostify.convert import convert
+    from ghostify.conversion import convert
 
     return convert(model, config=GhostConfig(s=s, d=d, keep_stem=keep_stem))
 

@@ -13,7 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["Assignment", "slot_capacities", "choose"]
+__all__ = ["Assignment", "slot_capacities", "choose", "GREEDY_MAX_N"]
+
+GREEDY_MAX_N = 256
 
 
 @dataclass
@@ -61,6 +63,54 @@ def _greedy_intrinsics(E: torch.Tensor, m: int, s: int, group_of: list[int], quo
     return chosen
 
 
+def _paired_intrinsics(E: torch.Tensor, m: int, s: int, group_of: list[int], quota: int) -> list[int]:
+    """The same choice for wide layers, from the cheapest pairs first (one sort, not m passes).
+
+    Walk the pairs (i, o) by rising error: o becomes a ghost of i when o is still free and i is
+    (or may still become) an intrinsic map with a free slot. Maps left over become intrinsic
+    where their group still needs some. About as good as the greedy above (a few % higher total
+    error on trained layers, docs/transfer.md) and fast at n = 2048.
+    """
+    n = E.shape[0]
+    k = max(s - 1, 1)
+    role = [0] * n  # 0 free, 1 intrinsic, 2 ghost
+    slots = [0] * n
+    per_group = [0] * (max(group_of) + 1)
+    count = placed = 0
+    cost = E.clone()
+    cost.fill_diagonal_(float("inf"))
+    for flat in cost.flatten().argsort().tolist():
+        i, o = divmod(flat, n)
+        if role[o] != 0 or role[i] == 2:
+            continue
+        if role[i] == 0:
+            if count >= m or per_group[group_of[i]] >= quota:
+                continue
+            role[i], slots[i], count = 1, k, count + 1
+            per_group[group_of[i]] += 1
+        if slots[i] == 0:
+            continue
+        role[o], slots[i], placed = 2, slots[i] - 1, placed + 1
+        if count + placed == n:
+            break
+    return _fill_quota(E, role, group_of, quota)
+
+
+def _fill_quota(E: torch.Tensor, role: list[int], group_of: list[int], quota: int) -> list[int]:
+    """Make each group hold exactly ``quota`` intrinsic maps: free maps first, then the worst-served ghosts."""
+    n = len(role)
+    chosen = [i for i in range(n) if role[i] == 1]
+    for g in range(max(group_of) + 1):
+        have = sum(1 for i in chosen if group_of[i] == g)
+        free = [o for o in range(n) if group_of[o] == g and role[o] == 0]
+        ghosts = sorted((o for o in range(n) if group_of[o] == g and role[o] == 2),
+                        key=lambda o: -float(E[chosen, o].min()) if chosen else 0.0)
+        for o in (free + ghosts)[: max(0, quota - have)]:
+            role[o] = 1
+            chosen.append(o)
+    return chosen
+
+
 def _assign(E: torch.Tensor, intrinsic: list[int], caps: list[int], n: int) -> dict[int, int]:
     """Every other channel to one intrinsic position, cheapest pairs first, respecting capacity."""
     ghosts = [o for o in range(n) if o not in set(intrinsic)]
@@ -103,7 +153,9 @@ def choose(E: torch.Tensor, n: int, m: int, s: int, groups: int = 1) -> Assignme
     E.fill_diagonal_(0.0)
     per_old, quota = n // groups, m // groups
     group_of = [o // per_old for o in range(n)]
-    chosen = _greedy_intrinsics(E, m, s, group_of, quota)
+    # the greedy is the better optimiser but costs m passes over n x n: fine up to a few hundred maps
+    pick = _greedy_intrinsics if n <= GREEDY_MAX_N else _paired_intrinsics
+    chosen = pick(E, m, s, group_of, quota)
     chosen.sort(key=lambda o: (group_of[o], o))  # primary filter k must read group k // quota
     caps = slot_capacities(n, m, s)
     owner = _assign(E, chosen, caps, n)

@@ -9,7 +9,7 @@ original convolutions (``init="transfer"``, :mod:`ghostify.transfer`).
 from __future__ import annotations
 
 import copy
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from torch import nn
@@ -56,6 +56,8 @@ def convert(
     calibration_data: Any = None,
     input_size: Sequence[int] | None = None,
     calibration_samples: int | None = None,
+    transfer: Any = None,
+    progress: Callable[[int, int, str], None] | None = None,
     strict: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -68,11 +70,16 @@ def convert(
             globs; given, they override ``config``'s.
         init: ``"random"`` (fresh weights, the paper trains from scratch) or ``"transfer"``
             (start each Ghost module from the convolution it replaces; see ghostify.transfer).
-        calibration_data: unlabeled inputs for ``init="transfer"`` (data-aware fit).
-        input_size: (C, H, W) of one input; with ``init="transfer"`` and no calibration data,
-            the fit runs on inputs distilled from the model's BatchNorm statistics.
-        calibration_samples: use at most this many calibration inputs, or distil this many
-            (default: all given; 256 distilled).
+        calibration_data: unlabeled inputs for ``init="transfer"``, in the model's own format
+            (a tensor with the batch along dim 0, a tuple or dict of them, a Dataset or DataLoader;
+            see :mod:`ghostify.transfer.inputs`).
+        input_size: one input's size without the batch (C, H, W for images); with
+            ``init="transfer"`` and no calibration data, the fit runs on inputs distilled from the
+            model's BatchNorm statistics.
+        calibration_samples: the calibration set's size (a shortcut for
+            ``TransferConfig(samples=...)``): read from the data, or distilled without it.
+        transfer: the transfer settings, a :class:`ghostify.transfer.TransferConfig`.
+        progress: ``progress(done, total, text)`` while transfer init fits the layers.
         strict: raise :class:`NothingToConvertError` when no convolution converts.
         inplace: rewrite ``model`` itself (module-swap mode only; fx always builds a new module).
 
@@ -98,9 +105,9 @@ def convert(
     else:
         from ghostify.transfer import transfer_init
 
-        samples = {} if calibration_samples is None else {"max_samples": calibration_samples,
-                                                          "synthetic_samples": calibration_samples}
-        transfer_init(model, gm, plan, calibration_data=calibration_data, input_size=input_size, **samples)
+        samples = {} if calibration_samples is None else {"samples": calibration_samples}
+        transfer_init(model, gm, plan, calibration_data, transfer, input_size=input_size, progress=progress,
+                      **samples)
     gm.train(model.training)
     setattr(gm, PLAN_ATTR, plan)
     return gm
