@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from ghostify.cli.app import app, console, err_console
 from ghostify.errors import GhostifyError
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ghostify.data.specs import ImageData
+    from ghostify.train import FinetuneResult
 
 
 def _floats(text: str | None, flag: str) -> tuple[float, ...] | None:
@@ -55,60 +61,24 @@ def finetune(
     trust: bool = typer.Option(False, "--trust", help="Unpickle arbitrary classes from model files."),
 ) -> None:
     """Distill --teacher into GHOST (KD + labels), checkpoint per epoch, write a .ghost archive."""
-    from rich.table import Table
-
     from ghostify.cli.progress import progress_reporter
-    from ghostify.data.specs import open_data
-    from ghostify.io.archive import resave
     from ghostify.io.specs import load_model
     from ghostify.train import FinetuneConfig
     from ghostify.train import finetune as run_finetune
-    from ghostify.utils import check_output_path, existing_paths
+    from ghostify.train.distributed import is_main_process
 
-    main = int(os.environ.get("RANK", "0")) == 0
     if ghost.suffix != ".ghost":
         raise GhostifyError(f"{ghost}: finetune expects a .ghost archive (make one with `ghostify convert`)")
     out = out or ghost.with_name(f"{ghost.stem}.ft.ghost")
     checkpoint = checkpoint or out.with_name(out.name + ".ckpt")
-    # every file written here is checked before any training: none may be an input (the archive,
-    # the teacher, --arch, the data) or another output, and an existing checkpoint is only
-    # reused with --resume or replaced with --force
-    inputs = [ghost, *existing_paths([teacher, arch, data, test_data])]
-    check_output_path(out, inputs + [checkpoint] + ([metrics] if metrics else []), force or resume, param="out")
-    check_output_path(checkpoint, inputs + [out] + ([metrics] if metrics else []), force or resume,
-                      param="checkpoint")
-    if metrics is not None:
-        check_output_path(metrics, inputs + [out, checkpoint], True, param="metrics")  # appended to
+    _check_outputs(ghost, [teacher, arch, data, test_data], out, checkpoint, metrics, force or resume)
     with err_console.status(f"loading {ghost} and {teacher}"):
         student = load_model(str(ghost), input_size=input_size, trust=trust)
-        size = student.input_size
-        teacher_m = load_model(teacher, input_size=size, arch=arch, trust=trust)
-    m, s = _floats(mean, "--mean"), _floats(std, "--std")
-    with err_console.status(f"reading {data}"):
-        train = open_data(data, train=True, model=teacher_m.model, input_size=size, mean=m, std=s)
-        if train_samples is not None:
-            train = train.subset(train_samples, seed)
-        test = None
-        try:
-            test = open_data(test_data or data, train=False, model=teacher_m.model, input_size=size, mean=m, std=s)
-        except GhostifyError as exc:
-            if test_data is not None:
-                raise
-            if main:
-                err_console.print(f"[yellow]note:[/] no test accuracy ({exc})")
-    if not train.has_labels and alpha < 1.0 and main:
+        teacher_m = load_model(teacher, input_size=student.input_size, arch=arch, trust=trust)
+    train, test = _open_data(data, test_data, teacher_m.model, student.input_size, _floats(mean, "--mean"),
+                             _floats(std, "--std"), train_samples, seed)
+    if not train.has_labels and alpha < 1.0 and is_main_process():
         err_console.print("[yellow]note:[/] the training data has no labels: distillation loss only")
-    from ghostify.forward import check_forward
-
-    if train_samples is not None and train_samples < 1:
-        raise GhostifyError(f"--train-samples must be >= 1, got {train_samples}")
-    ys, yt = check_forward(student.model, size), check_forward(teacher_m.model, size)  # one-line errors
-    if ys.shape != yt.shape:
-        raise GhostifyError(f"student output {tuple(ys.shape)} and teacher output {tuple(yt.shape)} differ: "
-                            "is --teacher the model GHOST was converted from?")
-    if yt.dim() != 2:
-        raise GhostifyError(f"the teacher's output has shape {tuple(yt.shape)}; distillation needs class logits "
-                            "(batch, classes)")
     cfg = FinetuneConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size, lr=lr, optimizer=optimizer,
                          weight_decay=weight_decay, warmup_steps=warmup_steps, temperature=temperature, alpha=alpha,
                          feature_weight=feature_weight, amp=amp, freeze_bn=freeze_bn, seed=seed,
@@ -116,22 +86,75 @@ def finetune(
     with progress_reporter("distilling") as report:
         result = run_finetune(student.model, teacher_m.model, train, test, cfg, checkpoint=checkpoint, resume=resume,
                               metrics=metrics, device=device, progress=report)
-    if not main:
+    if not is_main_process():
         return
-    student.model.cpu()
     summary = {"teacher": teacher, "data": data, "steps": result.steps, "epochs": result.epochs_done,
                "student_acc": result.student_acc, "teacher_acc": result.teacher_acc, "config": vars(cfg.resolved())}
+    _save(student.model, ghost, out, summary)
+    _render(result, ghost)
+    console.print(f"saved [bold]{out}[/] after {result.steps} steps; checkpoint {checkpoint}")
+
+
+def _check_outputs(ghost: Path, specs: list[str | None], out: Path, checkpoint: Path, metrics: Path | None,
+                   overwrite: bool) -> None:
+    """Every file written is checked before any training: none may be an input (the archive, the
+    teacher, --arch, the data) or another output, and an existing checkpoint is only reused with
+    --resume or replaced with --force."""
+    from ghostify.utils import check_output_path, existing_paths
+
+    inputs = [ghost, *existing_paths(specs)]
+    extra = [metrics] if metrics else []
+    check_output_path(out, inputs + [checkpoint] + extra, overwrite, param="out")
+    check_output_path(checkpoint, inputs + [out] + extra, overwrite, param="checkpoint")
+    if metrics is not None:
+        check_output_path(metrics, inputs + [out, checkpoint], True, param="metrics")  # appended to
+
+
+def _open_data(data: str, test_data: str | None, teacher: nn.Module, size: tuple[int, ...],
+               mean: tuple[float, ...] | None, std: tuple[float, ...] | None, train_samples: int | None,
+               seed: int) -> tuple[ImageData, ImageData | None]:
+    """The training set (a fixed subset with --train-samples) and the test set: --test-data, else the
+    test split of --data where it has one (a note, not an error, where it has none)."""
+    from ghostify.data.specs import open_data
+    from ghostify.train.data import training_subset
+    from ghostify.train.distributed import is_main_process
+
+    with err_console.status(f"reading {data}"):
+        train = open_data(data, train=True, model=teacher, input_size=size, mean=mean, std=std)
+        train = training_subset(train, train_samples, seed)
+        try:
+            test = open_data(test_data or data, train=False, model=teacher, input_size=size, mean=mean, std=std)
+        except GhostifyError as exc:
+            if test_data is not None:
+                raise
+            if is_main_process():
+                err_console.print(f"[yellow]note:[/] no test accuracy ({exc})")
+            test = None
+    return train, test
+
+
+def _save(model: nn.Module, ghost: Path, out: Path, summary: dict[str, Any]) -> None:
+    """The fine-tuned weights in GHOST's recipe, with the run's summary (rank 0 only)."""
+    from ghostify.io.archive import resave
+
+    model.cpu()
     with err_console.status(f"writing {out}"):
-        resave(student.model, out, ghost, force=True, extra={"finetune": summary})
+        resave(model, out, ghost, force=True, extra={"finetune": summary})
+
+
+def _percent(v: float | None) -> str:
+    return "-" if v is None else f"{v:.2f}%"
+
+
+def _render(result: FinetuneResult, ghost: Path) -> None:
+    """The accuracy at the start, after each epoch and at each extra evaluation."""
+    from rich.table import Table
+
     table = Table(title=f"ghostify finetune: {ghost.name}", header_style="bold", box=None)
     for col in ("epoch", "step", "student acc", "teacher acc"):
         table.add_column(col, justify="right")
-    def fmt(v: float | None) -> str:
-        return "-" if v is None else f"{v:.2f}%"
-
     for rec in result.history:
         if rec["event"] in ("start", "epoch", "eval"):
-            table.add_row(str(rec.get("epoch", 0)), str(rec["step"]), fmt(rec.get("student_acc")),
-                          fmt(rec.get("teacher_acc")))
+            table.add_row(str(rec.get("epoch", 0)), str(rec["step"]), _percent(rec.get("student_acc")),
+                          _percent(rec.get("teacher_acc")))
     console.print(table)
-    console.print(f"saved [bold]{out}[/] after {result.steps} steps; checkpoint {checkpoint}")

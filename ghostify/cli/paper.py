@@ -6,7 +6,6 @@ from pathlib import Path
 
 import typer
 from rich import box
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from ghostify.cli.app import app, console, err_console
@@ -26,7 +25,7 @@ def _parse_tables(value: str | None) -> list[str] | None:
 
 
 def _render(result) -> None:
-    from ghostify.reproduce.paper import _SCALE, TABLE_TITLES
+    from ghostify.reproduce.paper import FLOPS_SCALE, TABLE_TITLES, format_figure
 
     for table in TABLE_TITLES:
         rows = [r for r in result.rows if r.table == table]
@@ -42,8 +41,9 @@ def _render(result) -> None:
         t.add_column("conv", justify="right")
         for r in rows:
             checks = (r.bar or {}).get("checks", {})
-            w = f"{_num(r.paper_weights_m)} → {r.weights / 1e6:.2f} ({_pct(r.weights_diff_pct, checks.get('weights'))})"
-            f = (f"{_num(r.paper_flops)} → {r.flops / _SCALE[unit]:.4g} "
+            w = (f"{format_figure(r.paper_weights_m)} → {r.weights / 1e6:.2f} "
+                 f"({_pct(r.weights_diff_pct, checks.get('weights'))})")
+            f = (f"{format_figure(r.paper_flops)} → {r.flops / FLOPS_SCALE[unit]:.4g} "
                  f"({_pct(r.flops_diff_pct, checks.get('FLOPs'))})")
             t.add_row(r.model, r.setting, w, f, r.converted)
         console.print(t)
@@ -54,17 +54,13 @@ def _render(result) -> None:
                   highlight=False)
 
 
-def _num(v: float | None) -> str:
-    return "–" if v is None else f"{v:g}"
-
-
 def _pct(v: float | None, check: dict | None = None) -> str:
     """A difference in %, green/red when the issue set a bar on it."""
-    if v is None:
-        return "–"
-    if check is None:
-        return f"{v:+.1f}%"
-    return f"[{'green' if check['ok'] else 'red'}]{v:+.1f}%[/]"
+    from ghostify.reproduce.paper import format_diff
+
+    if v is None or check is None:
+        return format_diff(v)
+    return f"[{'green' if check['ok'] else 'red'}]{format_diff(v)}[/]"
 
 
 @app.command()
@@ -76,31 +72,19 @@ def paper(
     force: bool = typer.Option(False, "--force", help="Overwrite existing paper-tables.md/.json."),
 ) -> None:
     """Rebuild the weights/FLOPs rows of the paper's Tables 3-7 with ghostify and compare them to the paper."""
-    from ghostify.reproduce.paper import build_tables, row_specs
-    from ghostify.utils import atomic_write, check_output_path
+    from ghostify.cli.progress import progress_reporter
+    from ghostify.reproduce.paper import build_tables
+    from ghostify.utils import atomic_write, check_output_dir, check_output_path
 
     wanted = _parse_tables(tables)
     md_path, json_path = out_dir / "paper-tables.md", out_dir / "paper-tables.json"
     if not no_write:
-        if not out_dir.is_dir():
-            raise GhostifyError(f"{out_dir}: output directory does not exist")
+        check_output_dir(out_dir)
         check_output_path(md_path, overwrite=force, param="out_dir")
         check_output_path(json_path, overwrite=force, param="out_dir")
 
-    total = sum(1 for s in row_specs() if wanted is None or s.table in wanted)
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=err_console, transient=True) as bar:
-        task = bar.add_task("building", total=total)
-        seen = {"n": 0}
-
-        def step(label: str) -> None:
-            if seen["n"]:
-                bar.advance(task)
-            seen["n"] += 1
-            bar.update(task, description=label)
-
-        result = build_tables(wanted, progress=step)
-        bar.advance(task)
+    with progress_reporter("building") as report:
+        result = build_tables(wanted, progress=report)
 
     if wanted is not None:
         result.command = f"ghostify paper --tables {','.join(wanted)}"

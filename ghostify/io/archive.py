@@ -31,7 +31,7 @@ from torch import nn
 
 from ghostify.errors import GhostifyError, UnsafeModelFileError
 from ghostify.plan import get_plan
-from ghostify.utils import atomic_write, check_output_path
+from ghostify.utils import atomic_write, check_output_path, first_line
 
 __all__ = ["save", "resave", "load", "load_archive", "FORMAT"]
 
@@ -186,7 +186,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
             exported = zf.read("source.pt2") if "source.pt2" in names else None
     except (zipfile.BadZipFile, OSError, json.JSONDecodeError, UnicodeDecodeError, NotImplementedError, zlib.error,
             EOFError, RecursionError) as exc:
-        raise GhostifyError(f"{path}: not a readable ghostify archive ({type(exc).__name__}: {exc})"[:300]) from None
+        raise GhostifyError(f"{path}: not a readable ghostify archive ({first_line(exc, with_type=True)})") from None
     except KeyError as exc:
         raise GhostifyError(f"{path}: truncated ghostify archive ({exc})") from None
     _check_recipe(recipe, path)
@@ -215,7 +215,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     try:
         config = GhostConfig.from_dict(recipe["config"])
     except (TypeError, ValueError, KeyError, AttributeError) as exc:
-        raise GhostifyError(f"{path}: the archive's conversion config is not valid ({exc})") from None
+        raise GhostifyError(f"{path}: the archive's conversion config is not valid ({first_line(exc)})") from None
     model = convert(source, config=config, init="random")
     rebuilt = [layer.name for layer in get_plan(model).converted]
     if rebuilt != recipe["converted"]:
@@ -224,7 +224,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     try:
         state = st_load(weights)
     except Exception as exc:
-        raise GhostifyError(f"{path}: corrupt weights in the archive ({exc})") from None
+        raise GhostifyError(f"{path}: corrupt weights in the archive ({first_line(exc)})") from None
     for alias, target in recipe.get("aliases", {}).items():
         if target not in state:
             raise GhostifyError(f"{path}: corrupt archive (alias {alias!r} names a missing tensor {target!r})")
@@ -232,7 +232,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise GhostifyError(f"{path}: weights do not fit the rebuilt model: {str(exc).splitlines()[0]}") from None
+        raise GhostifyError(f"{path}: weights do not fit the rebuilt model: {first_line(exc)}") from None
     get_plan(model).init = recipe.get("init", "random")
     model.eval()
     return model, recipe
@@ -253,7 +253,7 @@ def resave(model: nn.Module, path: str | os.PathLike, like: str | os.PathLike, *
             recipe = json.loads(zf.read("recipe.json"))
             members = {n: zf.read(n) for n in zf.namelist() if n.startswith("source.")}
     except (zipfile.BadZipFile, OSError, KeyError, json.JSONDecodeError) as exc:
-        raise GhostifyError(f"{like}: not a readable ghostify archive ({exc})") from None
+        raise GhostifyError(f"{like}: not a readable ghostify archive ({first_line(exc)})") from None
     plan = get_plan(model)
     if plan is not None and [layer.name for layer in plan.converted] != recipe.get("converted"):
         raise GhostifyError(f"the model's converted layers differ from those of {like}; save it with ghostify.save")

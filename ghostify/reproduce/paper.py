@@ -32,7 +32,8 @@ from torch import nn
 from ghostify.policy import GhostConfig
 from ghostify.report.counting import CONVENTION, count_macs, count_params
 
-__all__ = ["PaperRow", "PaperTables", "TABLE_TITLES", "build_tables", "row_specs", "COMMAND"]
+__all__ = ["PaperRow", "PaperTables", "TABLE_TITLES", "FLOPS_UNIT", "FLOPS_SCALE", "build_tables", "row_specs",
+           "format_figure", "format_diff", "COMMAND"]
 
 COMMAND = "ghostify paper --out-dir docs --force"
 
@@ -44,7 +45,7 @@ TABLE_TITLES = {
     "7": "Table 7. Small networks on ImageNet",
 }
 FLOPS_UNIT = {"3": "M", "4": "M", "5": "M", "6": "B", "7": "M"}
-_SCALE = {"M": 1e6, "B": 1e9}
+FLOPS_SCALE = {"M": 1e6, "B": 1e9}  # a FLOPS_UNIT in FLOPs
 
 CIFAR_POLICY = "every convolution, stem included (§4.1.2: 'all the convolutional layers ... are replaced')"
 RESNET50_POLICY = ("every convolution but the 7x7 stem, as the authors' public ghost_resnet.py "
@@ -144,15 +145,15 @@ class PaperTables:
             for r in rows:
                 alt = ""
                 if r.alt:
-                    alt_flops = r.alt["flops"] / _SCALE[unit]
+                    alt_flops = r.alt["flops"] / FLOPS_SCALE[unit]
                     alt = f"{r.alt['policy']}: {r.alt['weights'] / 1e6:.2f} M / {alt_flops:.3g} {unit}"
                 bar = ""
                 if r.bar:
                     bar = ("✅ " if r.bar["ok"] else "❌ ") + r.bar["text"]
                 lines.append("| " + " | ".join([
-                    r.model, r.setting, _fmt(r.paper_weights_m), f"{r.weights / 1e6:.3f}", _pct(r.weights_diff_pct),
-                    _fmt(r.paper_flops), f"{r.flops / _SCALE[unit]:.4g}", _pct(r.flops_diff_pct), r.converted,
-                    alt, bar, r.note.replace("|", "/")]) + " |")
+                    r.model, r.setting, format_figure(r.paper_weights_m), f"{r.weights / 1e6:.3f}",
+                    format_diff(r.weights_diff_pct), format_figure(r.paper_flops), f"{r.flops / FLOPS_SCALE[unit]:.4g}",
+                    format_diff(r.flops_diff_pct), r.converted, alt, bar, r.note.replace("|", "/")]) + " |")
             lines.append("")
         if self.not_built:
             lines += ["## Rows not built", "", "| Table | Rows | Why |", "|---|---|---|"]
@@ -161,11 +162,13 @@ class PaperTables:
         return "\n".join(lines)
 
 
-def _fmt(v: float | None) -> str:
+def format_figure(v: float | None) -> str:
+    """A paper figure as the paper prints it ("–" where it gives none)."""
     return "–" if v is None else f"{v:g}"
 
 
-def _pct(v: float | None) -> str:
+def format_diff(v: float | None) -> str:
+    """A difference from the paper, in % with its sign ("–" where there is nothing to compare)."""
     return "–" if v is None else f"{v:+.1f}%"
 
 
@@ -193,25 +196,17 @@ class _Spec:
         return self.build.removeprefix("convert(").split(",")[0]
 
 
-def _cifar(name: str) -> Callable[[], nn.Module]:
-    def make() -> nn.Module:
-        from ghostify.models import create
-
-        return create(name, num_classes=10)
-    return make
-
-
 def _resnet50() -> nn.Module:
     import torchvision
 
     return torchvision.models.resnet50(weights=None)
 
 
-def _ghostify(name: str) -> Callable[[], nn.Module]:
+def _ghostify(name: str, **kwargs: Any) -> Callable[[], nn.Module]:
     def make() -> nn.Module:
         from ghostify.models import create
 
-        return create(name)
+        return create(name, **kwargs)
     return make
 
 
@@ -237,7 +232,7 @@ IMAGENET = (3, 224, 224)
 
 def row_specs() -> list[_Spec]:
     """Every row ghostify builds, with the paper's figures (the inputs of the comparison)."""
-    vgg, r56 = _cifar("vgg16_cifar"), _cifar("resnet56_cifar")
+    vgg, r56 = _ghostify("vgg16_cifar", num_classes=10), _ghostify("resnet56_cifar", num_classes=10)
     specs: list[_Spec] = []
     t3 = {1: (7.6, 157), 3: (7.7, 158), 5: (7.7, 160), 7: (7.7, 163)}
     t4 = {2: (7.7, 158), 3: (5.2, 107), 4: (4.0, 80), 5: (3.3, 65)}
@@ -311,53 +306,58 @@ def _resnet50_weight_note(baseline: nn.Module, s: int, paper_m: float) -> str:
             f"= {floor / 1e6:.2f} M; {paper_m} M would need x{need:.2f} on the conv weights")
 
 
-def build_tables(tables: list[str] | None = None, progress: Callable[[str], None] | None = None,
+_Counts = tuple[int, int, str, str]  # weights, FLOPs, "k/n" converted, the note on the layers kept
+
+
+def _measure(spec: _Spec, keep_stem: bool | None, cache: dict[tuple, _Counts]) -> _Counts:
+    """Count the row's model (converted with ``keep_stem`` for a Ghost row), once per source and setting."""
+    key = (spec.source, spec.ghost[:2] if spec.ghost else None, keep_stem)
+    if key not in cache:
+        model = spec.factory().eval()
+        conv_info = ("", "")
+        if spec.ghost is not None:
+            model = _convert(model, spec.ghost[0], spec.ghost[1], bool(keep_stem)).eval()
+            conv_info = _kept_note(model)
+        x = torch.randn(1, *spec.input_size)
+        cache[key] = (count_params(model), count_macs(model, x).total, *conv_info)
+    return cache[key]
+
+
+def build_tables(tables: list[str] | None = None, progress: Callable[[int, int, str], None] | None = None,
                  models: list[str] | None = None, alt: bool = True) -> PaperTables:
     """Build and count every row of ``tables`` (default: 3, 4, 5, 6, 7), or only the rows of ``models``.
 
     ``alt=False`` skips the other stem policy's figures (half the work for Ghost rows).
+    ``progress(done, total, text)`` is called before each row (text: the row) and once at the end.
     """
     wanted = set(tables or TABLE_TITLES)
     specs = [s for s in row_specs() if s.table in wanted and (models is None or s.model in models)]
     rows: list[PaperRow] = []
-    cache: dict[tuple, tuple[int, int, str, str]] = {}
+    cache: dict[tuple, _Counts] = {}
     torch.manual_seed(0)
-    for spec in specs:
+    for done, spec in enumerate(specs):
         if progress is not None:
-            progress(f"Table {spec.table}: {spec.model} {spec.setting}")
+            progress(done, len(specs), f"Table {spec.table}: {spec.model} {spec.setting}")
         unit = FLOPS_UNIT[spec.table]
         row = PaperRow(spec.table, spec.model, spec.setting, spec.build, spec.paper_weights_m, spec.paper_flops,
                        unit, note=spec.note)
-
-        def measure(keep_stem: bool | None, spec: _Spec = spec) -> tuple[int, int, str, str]:
-            key = (spec.source, spec.ghost[:2] if spec.ghost else None, keep_stem)
-            if key not in cache:
-                model = spec.factory().eval()
-                conv_info = ("", "")
-                if spec.ghost is not None:
-                    model = _convert(model, spec.ghost[0], spec.ghost[1], bool(keep_stem)).eval()
-                    conv_info = _kept_note(model)
-                x = torch.randn(1, *spec.input_size)
-                cache[key] = (count_params(model), count_macs(model, x).total, *conv_info)
-            return cache[key]
-
         if spec.ghost is None:
-            row.weights, row.flops, _, _ = measure(None)
+            row.weights, row.flops, _, _ = _measure(spec, None, cache)
         else:
             s, d, keep_stem = spec.ghost
-            row.weights, row.flops, row.converted, kept = measure(keep_stem)
+            row.weights, row.flops, row.converted, kept = _measure(spec, keep_stem, cache)
             row.policy = RESNET50_POLICY if spec.table == "6" else CIFAR_POLICY
             if alt:
-                aw, af, aconv, _ = measure(not keep_stem)
+                aw, af, aconv, _ = _measure(spec, not keep_stem, cache)
                 row.alt = {"policy": "stem kept" if not keep_stem else "stem converted", "weights": aw, "flops": af,
                            "converted": aconv, "weights_diff_pct": _diff(aw / 1e6, spec.paper_weights_m),
-                           "flops_diff_pct": _diff(af / _SCALE[unit], spec.paper_flops)}
+                           "flops_diff_pct": _diff(af / FLOPS_SCALE[unit], spec.paper_flops)}
             notes = [kept] if kept else []
             if spec.table == "6":
                 notes.append(_resnet50_weight_note(_resnet50(), s, spec.paper_weights_m or 0.0))
             row.note = "; ".join(n for n in [row.note, *notes] if n)
         row.weights_diff_pct = _diff(row.weights / 1e6, spec.paper_weights_m)
-        row.flops_diff_pct = _diff(row.flops / _SCALE[unit], spec.paper_flops)
+        row.flops_diff_pct = _diff(row.flops / FLOPS_SCALE[unit], spec.paper_flops)
         tol = BARS.get((spec.table, spec.model, spec.setting))
         if tol is not None:
             checks = []
@@ -369,6 +369,8 @@ def build_tables(tables: list[str] | None = None, progress: Callable[[str], None
                        "text": ", ".join(f"{what} ±{t:g}%" for what, t, _ in checks),
                        "checks": {what: {"tolerance_pct": t, "ok": ok} for what, t, ok in checks}}
         rows.append(row)
+    if progress is not None:
+        progress(len(specs), len(specs), "")
     not_built = [{"table": t, "rows": r, "why": w} for t, r, w in NOT_BUILT if t in wanted]
     return PaperTables(rows=rows, not_built=not_built, versions=_versions())
 
