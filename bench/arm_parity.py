@@ -14,13 +14,19 @@ in an arm64 Debian root (``bench/arm_root.sh`` builds it once, or reuses it). Fo
 4. relative error max|a - b| / max|b| of each against torch; the bar is ``--bar`` (1e-4).
 
 GhostNet-1.0 is a Ghost network already: its "original" is ghostify's GhostNet as built, and its
-"ghost" row is what ``ghostify convert`` still finds to convert in it (SE and head 1x1 convs).
+"ghost" row is what ``ghostify convert`` still finds to convert in it (the SE, shortcut and
+head 1x1 convolutions; the JSON says how many).
+
+Reproducibility: the originals' weights and the input are seeded (``--seed``), so their rows
+repeat exactly; the Ghost layers get ``ghostify convert``'s own random init, which the CLI does not
+seed, so the ghost rows' errors change from run to run (within the same order of magnitude).
 
     python bench/arm_parity.py [--only resnet18,ghostnet_100] [--root PATH] [--runs 3]
 
 Needs root (chroot). Takes /tmp/ghostify-bench.lock for the whole run (do not wrap it in flock):
 the emulated runs load both cores. Writes ``bench/results/arm_parity.json`` (with --only: only
 to an explicit --json). Exit 1 if a model misses the bar. A bench script: no test calls it.
+The models, inputs and outputs stay in ROOT/var/tmp/ghostify-arm-parity until the next run.
 """
 
 from __future__ import annotations
