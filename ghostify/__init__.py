@@ -27,10 +27,11 @@ _LAZY = {
     "deploy": "ghostify.export.deploy",
     "DeployConfig": "ghostify.export.deploy",
     "build_report": "ghostify.report",
+    "TransferConfig": "ghostify.transfer.config",
 }
 
 __all__ = ["convert", "load", "save", "load_model", "GhostConfig", "GhostModule", "ConversionPlan", "LayerPlan",
-           "get_plan", "deploy", "DeployConfig", "build_report", "GhostifyError", "__version__"]
+           "get_plan", "deploy", "DeployConfig", "build_report", "TransferConfig", "GhostifyError", "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from ghostify.conversion import convert
@@ -41,9 +42,16 @@ if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from ghostify.plan import ConversionPlan, LayerPlan, get_plan
     from ghostify.policy import GhostConfig
     from ghostify.report import build_report
+    from ghostify.transfer.config import TransferConfig
+
+
+_SUBPACKAGES = ("layers", "models", "policy", "fx", "transfer", "report", "export", "runtime", "data", "io",
+                "train", "reproduce", "gates", "plan", "utils", "errors", "cli")
 
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBPACKAGES:  # `import ghostify; ghostify.export.export_onnx(...)` keeps working
+        return importlib.import_module(f"ghostify.{name}")
     if name not in _LAZY:
         raise AttributeError(f"module 'ghostify' has no attribute {name!r}")
     from ghostify._torch import require_torch

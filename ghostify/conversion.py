@@ -12,6 +12,7 @@ import copy
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError, InvalidValueError, NothingToConvertError
@@ -58,6 +59,7 @@ def convert(
     calibration_samples: int | None = None,
     transfer: Any = None,
     progress: Callable[[int, int, str], None] | None = None,
+    seed: int | None = None,
     strict: bool = False,
     inplace: bool = False,
 ) -> nn.Module:
@@ -80,6 +82,8 @@ def convert(
             ``TransferConfig(samples=...)``): read from the data, or distilled without it.
         transfer: the transfer settings, a :class:`ghostify.transfer.TransferConfig`.
         progress: ``progress(done, total, text)`` while transfer init fits the layers.
+        seed: makes the result reproducible: the random init, or transfer's sampling and
+            distillation (default: the global RNG for random init, ``TransferConfig.seed``).
         strict: raise :class:`NothingToConvertError` when no convolution converts.
         inplace: rewrite ``model`` itself (module-swap mode only; fx always builds a new module).
 
@@ -100,14 +104,19 @@ def convert(
         raise NothingToConvertError("no convolution was converted (every one was left alone: see the report)")
     ghosts = {name: mod for name, mod in gm.named_modules() if isinstance(mod, GhostModule)}
     if init == "random":
-        for layer in plan.converted:
-            _reset(ghosts[layer.name])
+        with torch.random.fork_rng(devices=[], enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for layer in plan.converted:
+                _reset(ghosts[layer.name])
     else:
         from ghostify.transfer import transfer_init
 
-        samples = {} if calibration_samples is None else {"samples": calibration_samples}
+        settings = {} if calibration_samples is None else {"samples": calibration_samples}
+        if seed is not None:
+            settings["seed"] = seed
         transfer_init(model, gm, plan, calibration_data, transfer, input_size=input_size, progress=progress,
-                      **samples)
+                      **settings)
     gm.train(model.training)
     setattr(gm, PLAN_ATTR, plan)
     return gm

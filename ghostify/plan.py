@@ -37,6 +37,7 @@ class LayerPlan:
     # BatchNorm statistics) or "weights" (data-free, on the filters)
     transfer_error: float | None = None
     transfer_fit: str | None = None
+    refine: dict[str, Any] | None = None  # the refinement after the closed-form fit: steps, errors, kept
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)

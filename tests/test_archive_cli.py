@@ -99,13 +99,13 @@ def test_state_dict_with_arch_and_torch_export_archives(tmp_path, capsys):
     assert code == 2 and "does not fit the architecture" in capsys.readouterr().err  # 4 classes vs 1000
     torch.save(torchvision.models.resnet18().state_dict(), tmp_path / "sd1000.pth")
     assert main(["convert", str(tmp_path / "sd1000.pth"), "--arch", "torchvision:resnet18",
-                 "--input-size", "3,32,32", "--no-layers"]) == 0
+                 "--input-size", "3,32,32", "--init", "random", "--no-layers"]) == 0
     assert (tmp_path / "sd1000.ghost-s2d3.ghost").exists()  # saved next to the input by default
 
     x = torch.randn(1, 3, 32, 32)
     torch.export.save(torch.export.export(model, (x,)), tmp_path / "m.pt2")
     out = tmp_path / "m.ghost"
-    assert main(["convert", str(tmp_path / "m.pt2"), "--input-size", "3,32,32", "--out", str(out),
+    assert main(["convert", str(tmp_path / "m.pt2"), "--input-size", "3,32,32", "--init", "random", "--out", str(out),
                  "--json", str(tmp_path / "m.json"), "--no-layers"]) == 0, capsys.readouterr().err
     report = json.loads((tmp_path / "m.json").read_text())
     assert report["totals"]["layers_converted"] == 19

@@ -159,7 +159,8 @@ def make_cli_fixture(tmp_path):
 def test_cli_finetune_never_writes_over_an_input_or_another_output(tmp_path, capsys):
     teacher, data = make_cli_fixture(tmp_path)
     ghost = tmp_path / "t.ghost"
-    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--out", str(ghost), "--no-layers"]) == 0
+    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--init", "random", "--out", str(ghost),
+                 "--no-layers"]) == 0
     existing = tmp_path / "mine.ckpt"
     existing.write_bytes(b"mine")
     before = {p: p.read_bytes() for p in (teacher, ghost, existing)}
@@ -208,8 +209,8 @@ def test_cli_convert_transfer_then_finetune(tmp_path, capsys):
                  str(tmp_path / "x.ghost")]) == 2
     assert main(["finetune", str(ghost), "--teacher", str(teacher), "--data", f"fashion-mnist:{data}",
                  "--feature-weight", "-1", "--out", str(tmp_path / "z.ghost")]) == 2
-    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--calib", f"fashion-mnist:{data}",
-                 "--out", str(tmp_path / "y.ghost")]) == 2  # --calib without --init transfer
+    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--init", "random", "--calib",
+                 f"fashion-mnist:{data}", "--out", str(tmp_path / "y.ghost")]) == 2  # --calib with random init
     err = capsys.readouterr().err
     assert "Traceback" not in err
 
@@ -217,7 +218,8 @@ def test_cli_convert_transfer_then_finetune(tmp_path, capsys):
 def test_cli_finetune_bad_values_are_one_line_errors(tmp_path, capsys):
     teacher, data = make_cli_fixture(tmp_path)
     ghost = tmp_path / "t.ghost"
-    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--out", str(ghost), "--no-layers"]) == 0
+    assert main(["convert", str(teacher), "--input-size", "1,28,28", "--init", "random", "--out", str(ghost),
+                 "--no-layers"]) == 0
     wide = tmp_path / "wide"  # ten classes for a model with four outputs
     wide.mkdir()
     rng = np.random.default_rng(1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -50,6 +51,91 @@ def default_output(spec: str, path: Path | None, s: int, d: int) -> Path:
     return Path(f"{name}.ghost-s{s}d{d}.ghost")
 
 
+INIT_OPT = typer.Option("auto", "--init", help="auto (transfer when the source carries trained weights: a model "
+                        "file, a state_dict, a .pt2, pretrained registry weights; else random), transfer, or random "
+                        "(train from scratch, as the paper). See docs/transfer.md.")
+CALIB_OPT = typer.Option(None, "--calib", help="Unlabeled calibration data for transfer: a data spec "
+                         "(fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR), a tensor file in the model's own input "
+                         "format (.safetensors, .npy, .pt; batch along dim 0), or 'synthetic' (inputs distilled from "
+                         "the model's BatchNorm statistics). Without it, transfer is data-free.")
+CALIB_SAMPLES_OPT = typer.Option(None, "--calib-samples", help="Calibration inputs to use (default 256), or to "
+                                 "distil (default 32).")
+SEED_OPT = typer.Option(0, "--seed", help="Seed for random init, sampling and distillation (reproducible runs).")
+
+
+@dataclass
+class _Init:
+    """Which init runs, why, and on what data."""
+
+    init: str
+    reason: str
+    data: Any = None
+    synthetic: bool = False
+
+
+def _choose_init(init: str, calib: str | None, calib_samples: int | None, loaded: Any) -> _Init:
+    """--init auto|random|transfer and --calib, resolved against what the source carries."""
+    from ghostify.data.calibration import resolve_calibration
+
+    init = init.lower()
+    if init not in ("auto", "random", "transfer"):
+        raise GhostifyError(f"--init must be auto, random or transfer, got {init!r}")
+    if init == "auto":
+        init, reason = loaded.default_init()
+    else:
+        reason = f"--init {init}"
+    if init == "random":
+        if calib is not None:
+            raise GhostifyError(f"--calib is used by transfer init only, but the init is random ({reason})")
+        return _Init(init, reason)
+    if calib is None:  # data-free: inputs distilled from BatchNorm statistics where there are any
+        return _Init(init, f"{reason}; data-free", synthetic=True)
+    with err_console.status(f"reading calibration data {calib}"):
+        found = resolve_calibration(calib, loaded.model, loaded.input_size, calib_samples)
+    return _Init(init, f"{reason}; calibrated on {found.description}", found.data, found.synthetic)
+
+
+def _check_outputs(out: Path | None, json_path: Path | None, spec: str, loaded: Any, s: int, d: int,
+                   extra_inputs: list[str | None], force: bool) -> tuple[Path, list[Any]]:
+    from ghostify.utils import check_output_path, existing_paths
+
+    out = out or default_output(spec, loaded.path, s, d)
+    inputs = [loaded.path, *existing_paths(extra_inputs)]
+    check_output_path(out, inputs, force, param="out")
+    if out.suffix != ".ghost":  # ghostify reads archives back by their suffix: x.pt would be taken for torch.save
+        raise GhostifyError(f"--out {out}: the output is a ghostify archive; give it the .ghost suffix "
+                            f"({out.with_suffix('.ghost').name})")
+    if json_path is not None and str(json_path) != "-":
+        check_output_path(json_path, inputs + [out], force, param="json")
+    return out, inputs
+
+
+def _convert(loaded: Any, config: Any, choice: _Init, calib_samples: int | None, seed: int) -> Any:
+    import ghostify
+    from ghostify.cli.progress import progress_reporter
+
+    label = "transfer init" if choice.init == "transfer" else "converting"
+    with progress_reporter(label) as report:
+        ghost = ghostify.convert(loaded.model, config=config, init=choice.init, calibration_data=choice.data,
+                                 input_size=loaded.input_size if choice.synthetic else None,
+                                 calibration_samples=calib_samples, seed=seed, progress=report)
+    ghostify.get_plan(ghost).init_reason = choice.reason
+    return ghost
+
+
+def _measure(loaded: Any, ghost: Any, spec: str, target: str) -> tuple[Any, Any]:
+    from ghostify.forward import check_forward
+    from ghostify.report.report import build_report
+
+    with err_console.status("measuring MACs and parameters"):
+        report = _with_input_hint(loaded.model, lambda: build_report(loaded.model, ghost, loaded.input_size, spec,
+                                                                     target))
+        y0, y1 = check_forward(loaded.model, loaded.input_size), check_forward(ghost, loaded.input_size)
+    if tuple(y0.shape) != tuple(y1.shape):  # the rewrite must never change what the model returns
+        raise RuntimeError(f"converted model output {tuple(y1.shape)} differs from the original {tuple(y0.shape)}")
+    return report, y1
+
+
 @app.command()
 def convert(
     spec: str = typer.Argument(..., help="torchvision:NAME, timm:NAME, ghostify:NAME, pkg.module:factory or a file."),
@@ -69,67 +155,30 @@ def convert(
     fuse: bool = FUSE_OPT,
     target: str = TARGET_OPT,
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Print the per-layer table."),
-    init: str = typer.Option("random", "--init", help="random (train from scratch) or transfer (start from the "
-                             "original weights; see docs/transfer.md)."),
-    calib: str | None = typer.Option(None, "--calib", help="Unlabeled calibration DATA for --init transfer "
-                                     "(fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR), or 'synthetic' for inputs "
-                                     "distilled from the model's BatchNorm statistics (no data; slow on big "
-                                     "models); without it, a weight-space fit."),
-    calib_samples: int = typer.Option(256, "--calib-samples", help="How many calibration images to use (or to "
-                                      "distil, with --calib synthetic)."),
+    init: str = INIT_OPT,
+    calib: str | None = CALIB_OPT,
+    calib_samples: int | None = CALIB_SAMPLES_OPT,
+    seed: int = SEED_OPT,
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
-    import ghostify
-    from ghostify.forward import check_forward
     from ghostify.io.archive import save
     from ghostify.io.specs import load_model
     from ghostify.report.render import render_report
-    from ghostify.report.report import build_report
-    from ghostify.utils import check_output_path, existing_paths
 
     target = _check_target(target)
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
-    out = out or default_output(spec, loaded.path, s, d)
-    inputs = [loaded.path, *existing_paths([arch, calib])]
-    check_output_path(out, inputs, force, param="out")
-    if out.suffix != ".ghost":  # ghostify reads archives back by their suffix: x.pt would be taken for torch.save
-        raise GhostifyError(f"--out {out}: the output is a ghostify archive; give it the .ghost suffix "
-                            f"({out.with_suffix('.ghost').name})")
-    if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, inputs + [out], force, param="json")
-    calibration = None
-    if calib is not None and init != "transfer":
-        raise GhostifyError("--calib is used by --init transfer only")
-    if calib_samples < 1:
-        raise GhostifyError(f"--calib-samples must be >= 1, got {calib_samples}")
-    synthetic = calib == "synthetic"
-    if calib is not None and not synthetic:
-        from ghostify.data.specs import load_data
-
-        with err_console.status(f"reading {calib_samples} calibration images from {calib}"):
-            calibration = load_data(calib, train=True, model=loaded.model, input_size=loaded.input_size,
-                                    max_samples=calib_samples).images
-    with err_console.status(f"converting {spec} (s={s}, d={d}, init={init})"):
-        ghost = ghostify.convert(loaded.model, config=config, strict=False, init=init, calibration_data=calibration,
-                                 input_size=loaded.input_size if synthetic else None,
-                                 calibration_samples=calib_samples if init == "transfer" else None)
-    plan = ghostify.get_plan(ghost)
-    if not plan.converted:
-        message = "no convolution was converted (see the reasons above); no output written"
-        if strict:
-            raise NothingToConvertError(message)
-    with err_console.status("measuring MACs and parameters"):
-        report = _with_input_hint(loaded.model, lambda: build_report(loaded.model, ghost, loaded.input_size, spec,
-                                                                     target))
-        y0, y1 = check_forward(loaded.model, loaded.input_size), check_forward(ghost, loaded.input_size)
-    if tuple(y0.shape) != tuple(y1.shape):  # the rewrite must never change what the model returns
-        raise RuntimeError(f"converted model output {tuple(y1.shape)} differs from the original {tuple(y0.shape)}")
+    calib_file = calib if calib is not None and calib != "synthetic" else None
+    out, inputs = _check_outputs(out, json_path, spec, loaded, s, d, [arch, calib_file], force)
+    ghost = _convert(loaded, config, _choose_init(init, calib, calib_samples, loaded), calib_samples, seed)
+    if not ghost.ghostify_plan.converted and strict:
+        raise NothingToConvertError("no convolution was converted (see the reasons above); no output written")
+    report, y1 = _measure(loaded, ghost, spec, target)
     human_out = err_console if json_path is not None and str(json_path) == "-" else console  # stdout: JSON only
     render_report(report, human_out, layers=layers)
-    if not plan.converted:
-        err_console.print(f"[yellow]warning:[/] {message}")
+    if not ghost.ghostify_plan.converted:
+        err_console.print("[yellow]warning:[/] no convolution was converted (see the reasons above); no output written")
         return
     source = loaded.spec if loaded.path is None else (loaded.path if loaded.kind == "file-export" else loaded.model)
     with err_console.status(f"writing {out}"):
@@ -138,7 +187,7 @@ def convert(
     if json_path is not None:
         write_json(json_path, report.to_json())
     human_out.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
-                  + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
+                    + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
 
 
 def _with_input_hint(model: Any, run: Callable[[], Any]) -> Any:

@@ -26,7 +26,7 @@ _FLAGS = {
     "macs_reduction": "--min-macs-reduction", "params_reduction": "--min-params-reduction",
     "latency_ratio": "--max-latency-ratio", "accuracy_drop": "--max-accuracy-drop",
     "thresholds": "--min-macs-reduction/--min-params-reduction/--max-latency-ratio/--max-accuracy-drop",
-    "paths": "REPORT", "trust": "--trust", "lr": "--lr",
+    "paths": "REPORT", "trust": "--trust", "lr": "--lr", "samples": "--calib-samples",
 }
 # library argument -> what to do, in the command line's words (replaces the library's hint)
 _HINTS = {

@@ -45,6 +45,26 @@ class LoadedModel:
     arch: str | None = None  # the --arch spec used for a state_dict
     meta: dict[str, Any] = field(default_factory=dict)
 
+    def default_init(self) -> tuple[str, str]:
+        """("transfer" or "random", why): transfer for sources that carry trained weights.
+
+        Files (whole modules, state_dicts, torch.export programs, archives) carry weights someone
+        trained; a registry name built without pretrained weights has only its random init, so
+        transferring from it would only copy noise.
+        """
+        weights = getattr(self, "weights", None)
+        if self.kind in _TRAINED_KINDS:
+            return "transfer", f"{_TRAINED_KINDS[self.kind]} carries trained weights"
+        if weights is not None:
+            return "transfer", f"the model was built with pretrained weights ({weights})"
+        if self.kind == "factory":
+            return "random", "a factory's weights are not known to be trained"
+        return "random", "the model was built from its name without pretrained weights"
+
+
+_TRAINED_KINDS = {"file-module": "the model file", "file-state-dict": "the state_dict", "file-export":
+                  "the torch.export program", "archive": "the ghostify archive"}
+
 
 def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
     """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224)."""

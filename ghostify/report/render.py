@@ -35,6 +35,18 @@ def _transfer(row: object) -> str:
     return f" · transfer rel. MSE {err:.3f} ({_FIT_WORDS.get(fit, fit)})"
 
 
+def _init_line(plan: object) -> str:
+    """Which init ran, why, and (for transfer) how well and how fast."""
+    line = f"[bold]init[/] {plan.init}" + (f" ({plan.init_reason})" if plan.init_reason else "")
+    info = plan.transfer or {}
+    bits = []
+    if info.get("output_error") is not None:
+        bits.append(f"model output rel. error {info['output_error']:.3f} on the calibration inputs")
+    if info.get("seconds") is not None:
+        bits.append(f"{info['seconds']:.0f} s")
+    return line + (f" · {' · '.join(bits)}" if bits else "")
+
+
 def render_report(report: Report, console: Console | None = None, layers: bool = True) -> None:
     console = console or Console()
     if layers:
@@ -70,6 +82,7 @@ def render_report(report: Report, console: Console | None = None, layers: bool =
         f"[bold]converted[/] {t['layers_converted']}/{t['layers_total']} convolutions"
     )
     console.print(f"[dim]{CONVENTION}; counted with {report.counter}; graph rewrite: {report.plan.mode}[/]")
+    console.print(_init_line(report.plan), highlight=False)
     for lost in report.plan.lost_optimizations:
         console.print(f"[yellow]note:[/] {lost}")
     for warning in report.warnings:

@@ -55,7 +55,8 @@ class LayerRow:
     fused: list[str] = field(default_factory=list)
     note: str | None = None
     transfer_error: float | None = None  # relative MSE after transfer init (see docs/transfer.md)
-    transfer_fit: str | None = None  # where it was measured: "calibration" maps or "weights"
+    transfer_fit: str | None = None  # where it was measured: "calibration"/"synthetic" maps or "weights"
+    refine: dict[str, Any] | None = None  # transfer's refinement of this layer: steps, errors, kept
 
 
 @dataclass
@@ -82,6 +83,8 @@ class Report:
             "config": self.plan.config,
             "mode": self.plan.mode,
             "init": self.plan.init,
+            "init_reason": self.plan.init_reason,
+            "transfer": self.plan.transfer,
             "totals": self.totals,
             "layers": [dict(vars(row)) for row in self.layers],
             "lost_optimizations": list(self.plan.lost_optimizations),
@@ -148,7 +151,7 @@ def build_report(
             d=layer.d if layer.converted else None, r_s=_round(r_s), r_c=_round(r_c),
             macs_before=macs_b, macs_after=macs_a, params_before=params_b, params_after=params_a,
             form=layer.form, fused=list(layer.fused), note=layer.note,
-            transfer_error=getattr(layer, "transfer_error", None), transfer_fit=getattr(layer, "transfer_fit", None),
+            transfer_error=layer.transfer_error, transfer_fit=layer.transfer_fit, refine=layer.refine,
         ))
 
     p_before, p_after = count_params(original), count_params(converted)

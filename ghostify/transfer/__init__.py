@@ -22,6 +22,7 @@ fx cannot trace). Each layer's relative MSE lands in ``LayerPlan.transfer_error`
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -34,13 +35,13 @@ from ghostify.plan import ConversionPlan
 from ghostify.transfer.config import TransferConfig
 from ghostify.transfer.inputs import CalibrationBatch, as_calibration_tensor, calibration_batches
 from ghostify.transfer.parallel import parallel_fit
-from ghostify.transfer.synthetic import has_batchnorm, synthesize_inputs
+from ghostify.transfer.synthetic import has_batchnorm, plan_synthesis, synthesize_inputs
 from ghostify.transfer.walk import Progress, SequentialWalk, WalkResult, fit_data_free, layer_parts
 from ghostify.utils import eval_mode, module_device_dtype
 
 __all__ = ["transfer_init", "TransferConfig", "as_calibration_tensor", "calibration_batches", "DEFAULT_CALIB_SAMPLES"]
 
-DEFAULT_CALIB_SAMPLES = TransferConfig().samples
+DEFAULT_CALIB_SAMPLES = TransferConfig().calibration_samples(synthetic=False)
 
 
 def _settings(config: TransferConfig | None, overrides: dict[str, Any]) -> TransferConfig:
@@ -52,12 +53,19 @@ def _settings(config: TransferConfig | None, overrides: dict[str, Any]) -> Trans
 
 
 def _synthetic(original: nn.Module, input_size: Sequence[int], config: TransferConfig,
-               progress: Progress | None) -> torch.Tensor:
-    size = tuple(config.synthetic_size) if config.synthetic_size is not None else tuple(input_size)
-    if len(size) == len(input_size) - 1:  # a spatial size alone: the channels stay the model's
-        size = (int(input_size[0]), *size)
-    return synthesize_inputs(original, size, config.samples, config.synthetic_steps, seed=config.seed,
-                             progress=progress)
+               progress: Progress | None) -> tuple[torch.Tensor, dict[str, Any]]:
+    """Inputs distilled from the BatchNorm statistics, sized to the time budget; and how."""
+    samples = config.calibration_samples(synthetic=True)
+    if config.synthetic_size is not None:
+        size, steps = tuple(config.synthetic_size), config.synthetic_steps
+        if len(size) == len(input_size) - 1:  # a spatial size alone: the channels stay the model's
+            size = (int(input_size[0]), *size)
+    else:
+        size, steps = plan_synthesis(original, input_size, samples, config.synthetic_steps, config.synthetic_seconds)
+    start = time.perf_counter()
+    x = synthesize_inputs(original, size, samples, steps, seed=config.seed, progress=progress)
+    return x, {"samples": samples, "size": list(size), "steps": steps,
+               "seconds": round(time.perf_counter() - start, 2)}
 
 
 def _on_device(batches: Iterable[CalibrationBatch], device: torch.device,
@@ -117,10 +125,10 @@ def transfer_init(
     batches: Iterable[CalibrationBatch] | None = None
     with eval_mode(original, converted):
         if calibration_data is not None:
-            batches = calibration_batches(calibration_data, cfg.samples, cfg.chunk)
+            batches = calibration_batches(calibration_data, cfg.calibration_samples(False), cfg.chunk)
         elif input_size is not None and has_batchnorm(original):
-            x = _synthetic(original, input_size, cfg, progress)
-            batches, fit = calibration_batches(x, cfg.samples, cfg.chunk), "synthetic"
+            x, distilled = _synthetic(original, input_size, cfg, progress)
+            batches, fit = calibration_batches(x, x.shape[0], cfg.chunk), "synthetic"
         if batches is None:
             _data_free(original, converted, plan)
             plan.transfer = _summary(None, "weights", cfg)
@@ -131,3 +139,5 @@ def transfer_init(
         else:
             result = parallel_fit(original, converted, plan, batches, cfg, fit, progress)
     plan.transfer = _summary(result, fit, cfg)
+    if fit == "synthetic":
+        plan.transfer["synthetic"] = distilled

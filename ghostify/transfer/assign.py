@@ -15,7 +15,7 @@ import torch
 
 __all__ = ["Assignment", "slot_capacities", "choose", "GREEDY_MAX_N"]
 
-GREEDY_MAX_N = 256
+GREEDY_MAX_N = 128
 
 
 @dataclass

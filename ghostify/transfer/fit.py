@@ -160,7 +160,7 @@ def weight_space_fit(parts: LayerParts, kernel: tuple[int, ...]) -> PairFit:
     C, G = _filter_correlations(W, As, tuple(kernel), tuple(conv.stride))
     taps = C.shape[1]
     ridge = 1e-8 * G.diagonal(dim1=1, dim2=2).sum(-1).clamp_min(1e-30).view(n, 1, 1)
-    phi = torch.linalg.solve(G + ridge * torch.eye(taps, dtype=G.dtype), C)  # (n, taps, n)
+    phi = torch.linalg.inv(G + ridge * torch.eye(taps, dtype=G.dtype)) @ C  # (n, taps, n): see stats.solve
     tt = (W.reshape(n, -1) ** 2).sum(1).clamp_min(1e-30)  # (n,)
     E = (1.0 - (phi * C).sum(1) / tt.view(1, n)).clamp(0.0, 1.0)
     # the intercept: H_i ~ a_i W_i x + b_i, so phi * H_i ~ W_o x + b_i sum(phi); the target has bias_o

@@ -13,7 +13,8 @@ batch's. A smaller spatial size costs quadratically less; docs/transfer.md measu
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -22,7 +23,10 @@ from torch import nn
 from ghostify.layers.surgery import NORM_TYPES
 from ghostify.utils import eval_mode, module_device_dtype
 
-__all__ = ["synthesize_inputs", "has_batchnorm"]
+__all__ = ["synthesize_inputs", "has_batchnorm", "plan_synthesis"]
+
+MIN_STEPS = 50  # below this the statistics are barely matched
+MIN_SIZE = 32  # per spatial axis: a smaller map loses the deep layers' spatial extent
 
 _NORMS = tuple(NORM_TYPES.values())
 
@@ -62,6 +66,40 @@ def _distil_batch(model: nn.Module, norms: list[nn.Module], x: torch.Tensor, ste
     return x.detach()
 
 
+def _step_seconds(model: nn.Module, norms: list[nn.Module], size: Sequence[int], batch: int) -> float:
+    """Seconds for one distillation step of ``batch`` inputs of ``size`` (second of two: no warm-up)."""
+    import time
+
+    device, dtype = module_device_dtype(model)
+    x = torch.randn(batch, *size).to(device=device, dtype=dtype)
+    _distil_batch(model, norms, x, 1, 0.0, lambda: None)
+    start = time.perf_counter()
+    _distil_batch(model, norms, x, 1, 0.0, lambda: None)
+    return time.perf_counter() - start
+
+
+def plan_synthesis(model: nn.Module, input_size: Sequence[int], samples: int, steps: int, seconds: float | None,
+                   batch: int = 32) -> tuple[tuple[int, ...], int]:
+    """(input size, steps) that distil ``samples`` inputs within ``seconds`` on this machine.
+
+    Fewer steps first (down to 50), then half the resolution per spatial axis (down to 32), each
+    step measured here; ``seconds=None`` keeps the size and steps asked for.
+    """
+    size = tuple(int(v) for v in input_size)
+    if seconds is None:
+        return size, steps
+    norms = _tracked_norms(model)
+    batches = -(-samples // batch)
+    with eval_mode(model), _frozen(model):
+        while True:
+            per_step = _step_seconds(model, norms, size, min(batch, samples)) * batches
+            fit = int(seconds / max(per_step, 1e-9))
+            spatial = size[1:]
+            if fit >= MIN_STEPS or all(v <= MIN_SIZE for v in spatial):
+                return size, max(1, min(steps, fit))
+            size = (size[0], *[max(MIN_SIZE, v // 2) for v in spatial])
+
+
 def synthesize_inputs(
     model: nn.Module,
     input_size: Sequence[int],
@@ -87,17 +125,23 @@ def synthesize_inputs(
         if progress is not None:
             progress(done[0], total, f"distilling inputs from BatchNorm statistics ({samples} inputs)")
 
-    frozen = [q for q in model.parameters() if q.requires_grad]
     out = []
-    with eval_mode(model):
-        for q in frozen:  # only the inputs are optimised
-            q.requires_grad_(False)
-        try:
-            for start in range(0, samples, batch):
-                count = min(batch, samples - start)
-                x = torch.randn(count, *input_size, generator=gen).to(device=device, dtype=dtype)
-                out.append(_distil_batch(model, norms, x, steps, lr, tick))
-        finally:
-            for q in frozen:
-                q.requires_grad_(True)
+    with eval_mode(model), _frozen(model):
+        for start in range(0, samples, batch):
+            count = min(batch, samples - start)
+            x = torch.randn(count, *input_size, generator=gen).to(device=device, dtype=dtype)
+            out.append(_distil_batch(model, norms, x, steps, lr, tick))
     return torch.cat(out)
+
+
+@contextlib.contextmanager
+def _frozen(model: nn.Module) -> Iterator[None]:
+    """Only the inputs are optimised: the model's parameters take no gradient, then as they were."""
+    frozen = [q for q in model.parameters() if q.requires_grad]
+    for q in frozen:
+        q.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for q in frozen:
+            q.requires_grad_(True)

@@ -40,7 +40,7 @@ from ghostify.transfer.assign import choose
 from ghostify.transfer.config import TransferConfig
 from ghostify.transfer.fit import ErrorMeter, LayerParts, weight_space_fit
 from ghostify.transfer.inputs import CalibrationBatch
-from ghostify.transfer.refine import refine
+from ghostify.transfer.refine import RefinePool, refine
 from ghostify.transfer.stats import PairStats
 from ghostify.transfer.store import ActivationStore, Stored
 from ghostify.utils import first_line, module_device_dtype
@@ -110,6 +110,7 @@ class SequentialWalk:
         self.conv_env: dict[fx.Node, _Value] = {}
         self.orig_env: dict[fx.Node, _Value] = {}
         self.fitted: set[str] = set()
+        self.refine_spent = 0.0
         self.done = 0
         self.samples = 0
         self.chunks = 0
@@ -208,19 +209,34 @@ class SequentialWalk:
         kernel = cheap_kernel(parts.conv.kernel_size, ghost.d)
         rows = self.config.rows_per_sample(ghost.n, math.prod(kernel), self.samples)
         stats = PairStats(ghost.n, kernel, intercept_slot(ghost), rows, self.generator)
+        pool = RefinePool(ghost, self.config.refine_samples, self.config.refine_crop, self.generator)
         targets = []
         for c in range(self.chunks):
+            x = self._get(x_c, c)
             z = parts.conv(self._get(x_o, c))
             t = parts.after_conv(z)
-            h = t if x_c is x_o else parts.after_conv(parts.conv(self._get(x_c, c)))
-            stats.add(h, z)
+            stats.add(t if x_c is x_o else parts.after_conv(parts.conv(x)), z)
             targets.append(self.store.put(t))
+            if self.config.refine_steps > 0:
+                pool.add(x, t)
         fit = stats.solve()
         apply_fit(ghost, parts, choose(fit.E, ghost.n, ghost.m, ghost.s, parts.conv.groups), fit)
-        target = _Value(chunks=targets)
-        if self.config.refine_steps > 0:
-            refine(ghost, lambda c: (self._get(x_c, c), self._get(target, c)), self.chunks, self.config)
-        return target
+        self._refine(layer, ghost, pool)
+        return _Value(chunks=targets)
+
+    def _refine(self, layer: LayerPlan, ghost: GhostModule, pool: RefinePool) -> None:
+        """The budgeted refinement, its time shared out over the layers still to fit."""
+        if self.config.refine_steps <= 0:
+            return
+        seconds = None
+        if self.config.refine_seconds is not None:
+            left = max(0.0, self.config.refine_seconds - self.refine_spent)
+            seconds = left / max(1, len(self.layers) - self.done)
+        t0 = time.perf_counter()
+        before, after, steps = refine(ghost, pool, self.config, seconds, self.store.device)
+        self.refine_spent += time.perf_counter() - t0
+        layer.refine = {"steps": steps, "error_before": round(before, 6), "error_after": round(after, 6),
+                        "kept": bool(after < before)}
 
     def _run_ghost(self, layer: LayerPlan, ghost: GhostModule, x_c: _Value, targets: _Value, measure: bool) -> _Value:
         """The module on its inputs: outputs downstream, BatchNorm re-estimated, error measured."""
