@@ -37,6 +37,7 @@ _HINTS = {
                   "--max-accuracy-drop",
     "opset": "lower --opset or use --exporter dynamo",
     "batch": "export with --dynamic-batch to time other batch sizes",
+    "weights": "or pass a local copy with --weights PATH",
 }
 _EXISTS_HINTS = {"checkpoint": "pass --resume to continue from it, or --force to start over"}
 
