@@ -26,7 +26,7 @@ from urllib.parse import urlparse
 import torch
 from torch import nn
 
-from ghostify.errors import GhostifyError, MissingWeightsError
+from ghostify.errors import GhostifyError, MissingWeightsError, UnsafeModelFileError
 from ghostify.utils import first_line
 
 __all__ = ["torch_hub_checkpoints", "hf_hub_cache", "looks_like_weights_file", "read_state_dict", "fit_error",
@@ -71,7 +71,10 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         except Exception as exc:  # a truncated or foreign file: the user's to fix, in one line
             raise GhostifyError(f"{path}: not a readable safetensors file ({first_line(exc)})",
                                 param="weights") from None
-    obj = safe_torch_load(path)
+    try:
+        obj = safe_torch_load(path)
+    except UnsafeModelFileError as exc:  # trusting it is no option: a weights file holds tensors, not code
+        raise GhostifyError(f"{exc.message}; a weights file should hold tensors only", param="weights") from None
     for key in ("state_dict", "model", "state_dict_ema"):  # training checkpoints nest the weights
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
