@@ -149,6 +149,11 @@ def test_weights_are_for_named_models(offline, tmp_path, capsys):
     torch.save(torchvision.models.resnet18(), src)
     line = _one_line(main(["analyze", str(src), "--weights", "IMAGENET1K_V1"]), capsys.readouterr().err)
     assert "carries its own weights" in line
+    line = _one_line(main(["analyze", "torchvision:resnet18", "--weights", str(tmp_path / "nothere.pth")]),
+                     capsys.readouterr().err)
+    assert line.endswith("nothere.pth: no such weights file")
+    line = _one_line(main(["analyze", "timm:test_resnet", "--weights", "IMAGENET1K_V1"]), capsys.readouterr().err)
+    assert "must be a local file for a timm model" in line and "pass --pretrained" in line
 
 
 def _hf_cache_entry(root: Path, repo: str, filename: str) -> Path:

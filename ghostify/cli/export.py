@@ -91,6 +91,9 @@ def export(
         err_console.print(f"[yellow]note:[/] dynamo exporter failed ({result.fallback_reason}); used TorchScript")
     for note in result.deploy_notes:
         err_console.print(f"[yellow]note:[/] {note}")
+    if result.compared_values == 0:
+        err_console.print("[yellow]note:[/] the parity check compared no values (every output was empty, e.g. a "
+                          "detector that found nothing above its score threshold); it says nothing")
     if opset is not None and result.opset != opset:  # the dynamo exporter picks its own opset (18+)
         err_console.print(f"[yellow]note:[/] asked for opset {opset}; the {result.exporter} exporter wrote opset "
                           f"{result.opset}")

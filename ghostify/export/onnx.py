@@ -59,6 +59,9 @@ class ExportResult:
     fallback_reason: str | None = None  # why the dynamo exporter was not used
     check_batches: list[int] = field(default_factory=list)
     deploy_notes: list[str] = field(default_factory=list)
+    # output values the parity check compared; 0 means it compared nothing (e.g. a detector that
+    # found nothing above its score threshold): a pass then says nothing
+    compared_values: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -263,16 +266,20 @@ def _run_exporters(target: nn.Module, x: torch.Tensor, path: Path, opset: int | 
 
 
 def _parity(source: bytes | Path, model: nn.Module, input_size: Sequence[int], batches: Sequence[int],
-            seed: int) -> tuple[float, float]:
-    """(max abs, max rel) error of onnxruntime against torch over seeded inputs of each batch size."""
+            seed: int) -> tuple[float, float, int]:
+    """(max abs, max rel) error of onnxruntime against torch over seeded inputs of each batch size,
+    and how many output values were compared."""
     sess = onnx_session(source)
     name = sess.get_inputs()[0].name
     abs_err = rel_err = 0.0
+    values = 0
     for b in batches:
         xb = _example(input_size, b, seed + b)
-        a, r = relative_error(sess.run(None, {name: xb.numpy()}), numpy_outputs(model, xb))
+        reference = numpy_outputs(model, xb)
+        a, r = relative_error(sess.run(None, {name: xb.numpy()}), reference)
         abs_err, rel_err = max(abs_err, a), max(rel_err, r)
-    return abs_err, rel_err
+        values += sum(int(y.size) for y in reference)
+    return abs_err, rel_err, values
 
 
 def _write(exported: _Exported, path: Path) -> None:
@@ -335,9 +342,9 @@ def export_onnx(
             batch = 2 if dynamic_batch else 1  # torch.export specialises a batch of 1
             exported = _run_exporters(target, _example(input_size, batch, seed), path, opset, dynamic_batch, exporter)
             batches = [1, 3] if dynamic_batch else [1]
-            abs_err = rel_err = None
+            abs_err = rel_err = values = None
             if check:
-                abs_err, rel_err = _parity(exported.source, model, input_size, batches, seed)
+                abs_err, rel_err, values = _parity(exported.source, model, input_size, batches, seed)
             passed = None if rel_err is None else bool(rel_err <= rtol)
             written = passed is not False or keep_failed
             size = exported.size
@@ -351,7 +358,7 @@ def export_onnx(
                         max_rel_error=rel_err, rtol=rtol, passed=passed, written=written,
                         seconds=round(time.perf_counter() - start, 2), size_bytes=size,
                         fallback_reason=exported.fallback_reason, check_batches=batches if check else [],
-                        deploy_notes=notes)
+                        deploy_notes=notes, compared_values=values)
 
 
 def _session_or_raise(data: bytes | Path) -> None:
