@@ -80,3 +80,20 @@ def test_cli_converts_a_segmentation_model_offline(offline, tmp_path, capsys):
     assert rc == 0, capsys.readouterr().err
     recipe = json.loads(zipfile.ZipFile(out).read("recipe.json"))
     assert recipe["output_shape"] == "{out: (1, 21, 64, 64)}" and recipe["mode"] == "fx"
+
+
+def test_a_parity_check_of_empty_outputs_says_it_compared_nothing(tmp_path):
+    # a detector with random weights returns no box above its score threshold: such a "pass" says nothing
+    class NothingFound(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = torch.nn.Conv2d(3, 4, 3)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            y = self.conv(x)
+            return y[y > 1e9]
+
+    result = export_onnx(NothingFound().eval(), tmp_path / "e.onnx", (3, 8, 8), exporter="torchscript")
+    assert result.passed and result.compared_values == 0
+    ok = export_onnx(torch.nn.Conv2d(3, 4, 3).eval(), tmp_path / "c.onnx", (3, 8, 8), exporter="torchscript")
+    assert ok.compared_values == 4 * 6 * 6
