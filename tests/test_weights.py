@@ -206,3 +206,16 @@ def test_archive_rebuilds_the_architecture_its_weights_imply(offline):
     inception = build_source("torchvision:inception_v3", weights="IMAGENET1K_V1", architecture_only=True).model
     assert inception.transform_input is True  # no parameter says so: only the architecture can
     assert not offline.exists() or not any(offline.iterdir())  # nothing was fetched
+
+
+def test_no_output_replaces_the_weights_file(offline, tmp_path, capsys):
+    path = tmp_path / "w.pth"
+    torch.save(torchvision.models.resnet18().state_dict(), path)
+    before = path.read_bytes()
+    for command in ("convert", "analyze"):
+        rc = main([command, "torchvision:resnet18", "--weights", str(path), "--input-size", "3,32,32",
+                   "--json", str(path), "--force", "--no-layers"] + (["--out", str(tmp_path / "o.ghost")]
+                                                                    if command == "convert" else []))
+        line = _one_line(rc, capsys.readouterr().err)
+        assert "is also an input" in line
+    assert path.read_bytes() == before and not (tmp_path / "o.ghost").exists()
