@@ -42,7 +42,7 @@ def human(n: float, unit: str = "", digits: int = 2) -> str:
 def report_console(width: int | None = None, stderr: bool = False) -> Console:
     """A console for a report: ``width`` columns if given; a pipe without ``COLUMNS`` gets :data:`PIPE_WIDTH`."""
     console = Console(stderr=stderr, width=width)
-    if width is None and not console.is_terminal and not os.environ.get("COLUMNS"):
+    if width is None and not console.is_terminal and not console.is_jupyter and not os.environ.get("COLUMNS"):
         console = Console(stderr=stderr, width=PIPE_WIDTH)
     return console
 
