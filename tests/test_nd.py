@@ -6,6 +6,8 @@ tiny clip (3 channels, 4 frames, 32x32) to keep the test fast.
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torchvision
@@ -120,6 +122,10 @@ def test_deployment_form_of_r3d_18(r3d):
         torch.testing.assert_close(deployed(x), ghost(x), rtol=1e-4, atol=1e-5)
     # the residual Adds' identity convolutions are 3-D (they were 2-D, which broke the forward)
     assert not any(isinstance(m, (nn.Conv1d, nn.Conv2d)) for m in deployed.modules())
+    # and take the model's dtype (they were float32 whatever the model)
+    g64 = copy.deepcopy(ghost).double()
+    with torch.no_grad():
+        torch.testing.assert_close(ghostify.deploy(g64)(x.double()), g64(x.double()), rtol=1e-9, atol=1e-12)
 
 
 def test_onnx_export_of_a_1d_network(tmp_path):

@@ -262,7 +262,7 @@ class _Builder:
                 # neither operand comes straight from a convolution (the intrinsic maps also feed
                 # the cheap operation): a 1x1 depthwise identity convolution gives the Add (and
                 # the ReLU after it) a convolution to fuse into: one pass over memory, not two.
-                x = self._call(identity_conv(len(idx), _dims_of(self.modules, x)), x, "identity")
+                x = self._call(identity_conv(len(idx), _dims_of(self.modules, x), like=self.gm), x, "identity")
             nodes.append(self.graph.call_function(fn, (x, y)))
         return _Blocked(nodes, [i.clone() for i in va.idx])
 

@@ -186,9 +186,13 @@ def slice_conv(conv: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tens
     return new
 
 
-def identity_conv(channels: int, dims: int = 2) -> nn.Module:
-    """A 1x1 depthwise convolution that passes its input through (a node onnxruntime can fuse into)."""
-    conv = conv_class(dims)(channels, channels, 1, groups=channels, bias=False)
+def identity_conv(channels: int, dims: int = 2, like: nn.Module | None = None) -> nn.Module:
+    """A 1x1 depthwise convolution that passes its input through (a node onnxruntime can fuse into).
+
+    ``like``: a module whose device and dtype it takes (a float64 or CUDA model stays one).
+    """
+    device, dtype = (module_device(like), module_dtype(like)) if like is not None else (None, None)
+    conv = conv_class(dims)(channels, channels, 1, groups=channels, bias=False, device=device, dtype=dtype)
     with torch.no_grad():
         conv.weight.fill_(1.0)
     return conv
