@@ -219,3 +219,9 @@ def test_no_output_replaces_the_weights_file(offline, tmp_path, capsys):
         line = _one_line(rc, capsys.readouterr().err)
         assert "is also an input" in line
     assert path.read_bytes() == before and not (tmp_path / "o.ghost").exists()
+
+
+def test_an_unknown_timm_tag_is_one_line(offline, capsys):
+    line = _one_line(main(["analyze", "timm:test_resnet.bogus"]), capsys.readouterr().err)
+    assert "timm model 'test_resnet' has no pretrained tag 'bogus'" in line
+    assert ghostify.load_model("timm:test_resnet.r160_in1k").kind == "timm"  # a real tag builds

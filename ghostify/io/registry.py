@@ -79,6 +79,10 @@ def _timm(name: str, weights: str | None, pretrained: bool, architecture_only: b
 
     if not timm.is_model(name):
         raise GhostifyError(f"unknown timm model {name!r}{_suggest(name, timm.list_models())}")
+    arch, _, tag = name.partition(".")
+    tags = [full.partition(".")[2] for full in timm.models.get_arch_pretrained_cfgs(arch)]
+    if tag and tag not in tags:  # timm.is_model ignores the tag; create_model would raise
+        raise GhostifyError(f"timm model {arch!r} has no pretrained tag {tag!r}{_suggest(tag, tags)}")
     if architecture_only:  # timm's pretrained weights never change the architecture
         return Built(timm.create_model(name, pretrained=False), "timm", None)
     path = _file(weights)
