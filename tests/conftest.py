@@ -30,3 +30,21 @@ def importable_module(tmp_path_factory: pytest.TempPathFactory, name: str, sourc
         yield d
     finally:
         sys.path.remove(str(d))
+
+
+@pytest.fixture
+def offline(tmp_path, monkeypatch):
+    """Empty caches and no network: TORCH_HOME and the Hugging Face cache point into tmp_path, and
+    any download torch hub, urllib or huggingface_hub would start fails the test at once (so a
+    test that reaches for the network cannot hang). Yields the torch hub checkpoints directory."""
+    import urllib.request
+
+    def no_network(*args, **kwargs):
+        raise AssertionError(f"a download was attempted: {args[:1]}")
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "hf"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_network)
+    monkeypatch.setattr(urllib.request, "urlopen", no_network)
+    yield tmp_path / "torch" / "hub" / "checkpoints"

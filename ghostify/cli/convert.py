@@ -11,20 +11,27 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from ghostify.cli.app import app, console, err_console, write_json
+from ghostify.cli.app import app, err_console, write_json
 from ghostify.errors import GhostifyError, NothingToConvertError
 
 S_OPT = typer.Option(2, "--s", "-s", help="Ratio s: 1/s of each layer's maps are intrinsic (paper: 2).")
 D_OPT = typer.Option(3, "--d", "-d", help="Cheap kernel d: depthwise d×d (odd; paper: 3).")
 INCLUDE_OPT = typer.Option(None, "--include", help="Convert only convolutions whose name matches GLOB (repeatable).")
 EXCLUDE_OPT = typer.Option(None, "--exclude", help="Never convert convolutions matching GLOB (repeatable).")
-SIZE_OPT = typer.Option(None, "--input-size", help="C,H,W (default: the model's config, else 3,224,224).")
+SIZE_OPT = typer.Option(None, "--input-size", help="C,H,W; C,L or C,T,H,W for 1-D or 3-D models (default: the "
+                        "model's config, else 3,224,224; 3,16,112,112 for a video model).")
 ARCH_OPT = typer.Option(None, "--arch", help="Architecture SPEC for a state_dict file.")
 TRUST_OPT = typer.Option(False, "--trust", help="Unpickle arbitrary classes from the model file (runs its code).")
 STEM_OPT = typer.Option(False, "--convert-stem", help="Also convert the stem convolution.")
 DW_OPT = typer.Option(False, "--convert-depthwise", help="Also convert depthwise convolutions.")
 FUSE_OPT = typer.Option(True, "--fuse/--no-fuse", help="Fold conv→BN→act chains into paper-form Ghost modules.")
 TARGET_OPT = typer.Option("cpu", "--target", help="Deployment target: cpu or gpu (the report warns for gpu).")
+WEIGHTS_OPT = typer.Option(None, "--weights", help="Pretrained weights: a torchvision weight name (IMAGENET1K_V1, "
+                           "DEFAULT; read from torch hub's cache, never downloaded) or a local weights file.")
+PRETRAINED_OPT = typer.Option(False, "--pretrained", help="timm's pretrained weights, from the Hugging Face cache "
+                              "(never downloaded); torchvision: its DEFAULT weights.")
+WIDTH_OPT = typer.Option(None, "--width", min=40, max=1000, help="Render the report at N columns (default: the "
+                         "terminal's; 160 when not a terminal).")
 
 
 def build_config(s: int, d: int, include: list[str] | None, exclude: list[str] | None,
@@ -129,11 +136,10 @@ def _measure(loaded: Any, ghost: Any, spec: str, target: str) -> tuple[Any, Any]
 
     with err_console.status("measuring MACs and parameters"):
         report = _with_input_hint(loaded.model, lambda: build_report(loaded.model, ghost, loaded.input_size, spec,
-                                                                     target))
-        y0, y1 = check_forward(loaded.model, loaded.input_size), check_forward(ghost, loaded.input_size)
-    if tuple(y0.shape) != tuple(y1.shape):  # the rewrite must never change what the model returns
-        raise RuntimeError(f"converted model output {tuple(y1.shape)} differs from the original {tuple(y0.shape)}")
-    return report, y1
+                                                                     target, weights=loaded.weights))
+        output = _same_output(loaded.model, check_forward(loaded.model, loaded.input_size),
+                              check_forward(ghost, loaded.input_size))
+    return report, output
 
 
 @app.command()
@@ -155,6 +161,9 @@ def convert(
     fuse: bool = FUSE_OPT,
     target: str = TARGET_OPT,
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Print the per-layer table."),
+    weights: str | None = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    width: int | None = WIDTH_OPT,
     init: str = INIT_OPT,
     calib: str | None = CALIB_OPT,
     calib_samples: int | None = CALIB_SAMPLES_OPT,
@@ -162,32 +171,58 @@ def convert(
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
     from ghostify.io.archive import save
-    from ghostify.io.specs import load_model
     from ghostify.report.render import render_report
 
     target = _check_target(target)
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
-    with err_console.status(f"loading {spec}"):
-        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
+    loaded = _load(spec, input_size=input_size, arch=arch, trust=trust, weights=weights, pretrained=pretrained)
     calib_file = calib if calib is not None and calib != "synthetic" else None
-    out, inputs = _check_outputs(out, json_path, spec, loaded, s, d, [arch, calib_file], force)
+    out, inputs = _check_outputs(out, json_path, spec, loaded, s, d, [arch, calib_file, weights], force)
     ghost = _convert(loaded, config, _choose_init(init, calib, calib_samples, loaded), calib_samples, seed)
     if not ghost.ghostify_plan.converted and strict:
         raise NothingToConvertError("no convolution was converted (see the reasons above); no output written")
-    report, y1 = _measure(loaded, ghost, spec, target)
-    human_out = err_console if json_path is not None and str(json_path) == "-" else console  # stdout: JSON only
+    report, output = _measure(loaded, ghost, spec, target)
+    human_out = _human_console(json_path, width)  # stdout holds the JSON alone with --json -
     render_report(report, human_out, layers=layers)
     if not ghost.ghostify_plan.converted:
         err_console.print("[yellow]warning:[/] no convolution was converted (see the reasons above); no output written")
         return
     source = loaded.spec if loaded.path is None else (loaded.path if loaded.kind == "file-export" else loaded.model)
     with err_console.status(f"writing {out}"):
-        save(ghost, out, source, loaded.input_size, force=force, inputs=inputs,
-             extra={"totals": report.totals, "output_shape": list(y1.shape)})
+        save(ghost, out, source, loaded.input_size, force=force, inputs=inputs, weights=loaded.weights,
+             extra={"totals": report.totals, "output_shape": output})
     if json_path is not None:
         write_json(json_path, report.to_json())
     human_out.print(f"saved [bold]{out}[/] ({out.stat().st_size / 1e6:.1f} MB)"
                     + (f", report [bold]{json_path}[/]" if json_path is not None and str(json_path) != "-" else ""))
+
+
+def _load(spec: str, **kwargs: Any) -> Any:
+    """``load_model`` with a status line."""
+    from ghostify.io.specs import load_model
+
+    with err_console.status(f"loading {spec}"):
+        return load_model(spec, **kwargs)
+
+
+def _human_console(json_path: Path | None, width: int | None) -> Any:
+    """Where the report goes: stdout, or stderr when stdout carries the JSON (``--json -``)."""
+    from ghostify.report.render import report_console
+
+    return report_console(width, stderr=json_path is not None and str(json_path) == "-")
+
+
+def _same_output(model: Any, y0: Any, y1: Any) -> list[int] | str:
+    """The conversion keeps what the model returns: its structure and tensor shapes (a detector: its keys)."""
+    import torch
+
+    from ghostify.forward import describe_output, input_convention
+
+    convention = input_convention(model)
+    before, after = describe_output(y0, convention), describe_output(y1, convention)
+    if before != after:  # a bug in the pass, never the user's input
+        raise RuntimeError(f"converted model output {after} differs from the original {before}")
+    return list(y1.shape) if isinstance(y1, torch.Tensor) else after
 
 
 def _with_input_hint(model: Any, run: Callable[[], Any]) -> Any:
@@ -231,48 +266,61 @@ def analyze(
     json_path: Path | None = typer.Option(None, "--json", help="Write the report (or sweep) as JSON."),
     force: bool = typer.Option(False, "--force", help="Overwrite an existing --json file."),
     layers: bool = typer.Option(True, "--layers/--no-layers", help="Print the per-layer table."),
+    weights: str | None = WEIGHTS_OPT,
+    pretrained: bool = PRETRAINED_OPT,
+    width: int | None = WIDTH_OPT,
 ) -> None:
     """Dry run: the per-layer report (or an s/d sweep) without writing a model."""
-    import json
-
     import ghostify
-    from ghostify.forward import check_forward, example_input
-    from ghostify.io.specs import load_model
-    from ghostify.report.counting import count_macs, count_params
-    from ghostify.report.render import human, render_report
+    from ghostify.forward import check_forward
+    from ghostify.report.render import render_report
     from ghostify.report.report import build_report
     from ghostify.utils import check_output_path, existing_paths
 
     target = _check_target(target)
     ss, ds = _int_list(sweep_s, "--sweep-s"), _int_list(sweep_d, "--sweep-d")
     config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
-    if json_path is not None and str(json_path) != "-":
-        check_output_path(json_path, [Path(spec), *existing_paths([arch])], force, param="json")  # never an input
-    human_out = err_console if json_path is not None and str(json_path) == "-" else console  # stdout: JSON only
-    with err_console.status(f"loading {spec}"):
-        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
+    if json_path is not None and str(json_path) != "-":  # never an input
+        check_output_path(json_path, [Path(spec), *existing_paths([arch, weights])], force, param="json")
+    human_out = _human_console(json_path, width)  # stdout holds the JSON alone with --json -
+    loaded = _load(spec, input_size=input_size, arch=arch, trust=trust, weights=weights, pretrained=pretrained)
     _with_input_hint(loaded.model, lambda: check_forward(loaded.model, loaded.input_size))
     if not ss and not ds:
         with err_console.status(f"analyzing {spec} (s={s}, d={d})"):
             ghost = ghostify.convert(loaded.model, config=config)
-            report = build_report(loaded.model, ghost, loaded.input_size, spec, target)
+            report = build_report(loaded.model, ghost, loaded.input_size, spec, target, weights=loaded.weights)
         render_report(report, human_out, layers=layers)
         if json_path is not None:
             write_json(json_path, report.to_json())
         return
 
     settings = [(v, d) for v in ss] + [(s, v) for v in ds]
+    _sweep(loaded, spec, settings, lambda s_i, d_i: build_config(s_i, d_i, include, exclude, convert_stem,
+                                                                 convert_depthwise, fuse), target, human_out,
+           json_path)
+
+
+def _sweep(loaded: Any, spec: str, settings: list[tuple[int, int]], config_for: Callable[[int, int], Any],
+           target: str, human_out: Any, json_path: Path | None) -> None:
+    """``analyze --sweep-s/--sweep-d``: one conversion per (s, d), a Table 3/4-style table."""
+    import json
+
+    from rich.progress import Progress
+
+    import ghostify
+    from ghostify.forward import example_input
+    from ghostify.report.counting import count_macs, count_params
+    from ghostify.report.render import human
+    from ghostify.report.report import build_report
+
     x = example_input(loaded.model, loaded.input_size)
     base_macs, base_params = count_macs(loaded.model, x).total, count_params(loaded.model)
     rows = []
-    from rich.progress import Progress
-
     with Progress(console=err_console, transient=True) as progress:
         task = progress.add_task("sweep", total=len(settings))
         for s_i, d_i in settings:
-            cfg = build_config(s_i, d_i, include, exclude, convert_stem, convert_depthwise, fuse)
-            ghost = ghostify.convert(loaded.model, config=cfg)
-            rep = build_report(loaded.model, ghost, loaded.input_size, spec, target)
+            ghost = ghostify.convert(loaded.model, config=config_for(s_i, d_i))
+            rep = build_report(loaded.model, ghost, loaded.input_size, spec, target, weights=loaded.weights)
             rows.append({"s": s_i, "d": d_i, **{k: rep.totals[k] for k in (
                 "params_after", "macs_after", "theoretical_speedup", "measured_speedup", "measured_compression")}})
             progress.advance(task)
@@ -287,5 +335,6 @@ def analyze(
     human_out.print(table)
     if json_path is not None:
         write_json(json_path, json.dumps({"schema": "ghostify.sweep/1", "kind": "sweep", "model": spec,
-                                           "input_size": list(loaded.input_size), "params_before": base_params,
-                                           "macs_before": base_macs, "rows": rows}, indent=2))
+                                           "weights": loaded.weights, "input_size": list(loaded.input_size),
+                                           "params_before": base_params, "macs_before": base_macs, "rows": rows},
+                                          indent=2))

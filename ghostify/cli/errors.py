@@ -10,6 +10,7 @@ from __future__ import annotations
 from ghostify.errors import (
     GhostifyError,
     InvalidValueError,
+    MissingWeightsError,
     NeedsTorchError,
     OutputExistsError,
     OutputIsInputError,
@@ -38,6 +39,8 @@ _HINTS = {
     "opset": "lower --opset or use --exporter dynamo",
     "batch": "export with --dynamic-batch to time other batch sizes",
     "teacher": "is --teacher the model GHOST was converted from?",
+    "weights": "pass --pretrained for its pretrained weights (a tag in the name picks others: timm:NAME.TAG), "
+               "or --weights PATH for a local file",
 }
 _EXISTS_HINTS = {"checkpoint": "pass --resume to continue from it, or --force to start over"}
 
@@ -65,6 +68,8 @@ def _message(exc: GhostifyError, flags: dict[str, str] | None) -> str:
         return f"{exc.path}: already exists; {_EXISTS_HINTS.get(param or '', 'pass --force to overwrite it')}"
     if isinstance(exc, UnsafeModelFileError):
         return f"{exc.message}; pass --trust only if you trust the file, since that executes code stored in it"
+    if isinstance(exc, MissingWeightsError):  # the message says where to put the file; or give one
+        return f"{exc.message}; or pass a local copy with --weights PATH"
     if isinstance(exc, NeedsTorchError):
         return f"{exc.message}; on a machine with only onnxruntime, `ghostify bench` and `ghostify check` work"
     hint = None

@@ -40,8 +40,9 @@ def export(
                                 help="Export the deployment form (BN folded, concat-free Ghost modules)."),
     opset: int | None = typer.Option(None, "--opset", help="ONNX opset (default: the exporter's; dynamo needs >= 18)."),
     dynamic_batch: bool = typer.Option(False, "--dynamic-batch", help="Make the batch dimension symbolic."),
-    input_size: str | None = typer.Option(None, "--input-size", help="C,H,W (default: the model's config or "
-                                                                      "archive, else 3,224,224)."),
+    input_size: str | None = typer.Option(None, "--input-size", help="C,H,W; C,L or C,T,H,W for 1-D or 3-D models "
+                                                                      "(default: the model's config or archive, else "
+                                                                      "3,224,224)."),
     rtol: float = typer.Option(1e-4, "--rtol", help="Largest max|ort-torch| / max|torch| that passes."),
     exporter: str = typer.Option("auto", "--exporter", help="auto (dynamo, TorchScript fallback), dynamo or "
                                                             "torchscript."),
@@ -51,6 +52,9 @@ def export(
     arch: str | None = typer.Option(None, "--arch", help="Architecture SPEC for a state_dict file."),
     trust: bool = typer.Option(False, "--trust", help="Unpickle arbitrary classes (runs the file's code)."),
     force: bool = typer.Option(False, "--force", help="Overwrite existing outputs (never the input)."),
+    weights: str | None = typer.Option(None, "--weights", help="Pretrained weights for a named model: a torchvision "
+                                       "weight name (from torch hub's cache) or a local weights file."),
+    pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights (Hugging Face cache)."),
 ) -> None:
     """Export a model (original or converted) to ONNX and check it against torch with onnxruntime.
 
@@ -67,8 +71,9 @@ def export(
     if opset is not None and not 7 <= opset <= 30:
         raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
     with err_console.status(f"loading {spec}"):
-        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust)
-    inputs = [loaded.path, *existing_paths([arch])]
+        loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust, weights=weights,
+                            pretrained=pretrained)
+    inputs = [loaded.path, *existing_paths([arch, weights])]
     check_output_path(onnx, inputs, force, param="onnx")
     if json_path is not None and str(json_path) != "-":
         check_output_path(json_path, inputs + [onnx], force, param="json")
@@ -76,7 +81,8 @@ def export(
     with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"):
         result = export_onnx(loaded.model, onnx, loaded.input_size, opset=opset, dynamic_batch=dynamic_batch,
                              deploy=deploy, check=check, rtol=rtol, exporter=exporter, keep_failed=keep_failed)
-    data = {"kind": "export", "command": _command_line(ctx), "spec": spec, **result.to_dict()}
+    data = {"kind": "export", "command": _command_line(ctx), "spec": spec, "weights": loaded.weights,
+            **result.to_dict()}
     if json_path is not None:
         write_json(json_path, data)
     err = "" if result.max_rel_error is None else (f"max rel error {result.max_rel_error:.2e} (abs "
@@ -85,6 +91,9 @@ def export(
         err_console.print(f"[yellow]note:[/] dynamo exporter failed ({result.fallback_reason}); used TorchScript")
     for note in result.deploy_notes:
         err_console.print(f"[yellow]note:[/] {note}")
+    if result.compared_values == 0:
+        err_console.print("[yellow]note:[/] the parity check compared no values (every output was empty, e.g. a "
+                          "detector that found nothing above its score threshold); it says nothing")
     if opset is not None and result.opset != opset:  # the dynamo exporter picks its own opset (18+)
         err_console.print(f"[yellow]note:[/] asked for opset {opset}; the {result.exporter} exporter wrote opset "
                           f"{result.opset}")

@@ -53,7 +53,7 @@ from ghostify.fx.patterns import (
 )
 from ghostify.fx.trace import trace
 from ghostify.layers.ghost import FuseOptions, GhostModule
-from ghostify.layers.surgery import CONV_TYPES, fold_bn, foldable, identity_conv, slice_conv
+from ghostify.layers.surgery import CONV_TYPES, fold_bn, foldable, identity_conv, plain_conv, slice_conv
 from ghostify.plan import PLAN_ATTR
 from ghostify.utils import set_submodule
 
@@ -262,7 +262,7 @@ class _Builder:
                 # neither operand comes straight from a convolution (the intrinsic maps also feed
                 # the cheap operation): a 1x1 depthwise identity convolution gives the Add (and
                 # the ReLU after it) a convolution to fuse into: one pass over memory, not two.
-                x = self._call(identity_conv(len(idx), _dims_of(self.modules, x)), x, "identity")
+                x = self._call(identity_conv(len(idx), _dims_of(self.modules, x), like=self.gm), x, "identity")
             nodes.append(self.graph.call_function(fn, (x, y)))
         return _Blocked(nodes, [i.clone() for i in va.idx])
 
@@ -398,14 +398,23 @@ def _is_conv(module: object) -> bool:
 
 
 def _plain(module: object) -> bool:
-    """An exact nn.Conv1d/2d/3d: its forward is the convolution of its weight, so it may be sliced."""
-    return type(module) in _CONVS
+    """Its forward is the convolution of its weight (:func:`plain_conv`), so it may be sliced."""
+    return plain_conv(module)
 
 
 def _dims_of(modules: dict[str, nn.Module], node: fx.Node) -> int:
-    """Spatial dims of the tensor ``node`` produces, known from the convolution that made it (else 2)."""
-    mod = modules.get(str(node.target)) if node.op == "call_module" else None
-    return len(mod.kernel_size) if _is_conv(mod) else 2
+    """Spatial dims of the tensor ``node`` produces, from the convolution that made it (else 2).
+
+    Walks back through first arguments: the node is often a ReLU or a norm after that convolution.
+    """
+    for _ in range(64):
+        mod = modules.get(str(node.target)) if node.op == "call_module" else None
+        if _is_conv(mod):
+            return len(mod.kernel_size)
+        if not node.args or not isinstance(node.args[0], fx.Node):
+            break
+        node = node.args[0]
+    return 2
 
 
 def _swap_in_place(model: nn.Module, config: DeployConfig) -> nn.Module:

@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError, InvalidValueError
-from ghostify.forward import check_forward, numpy_outputs
+from ghostify.forward import IMAGES, check_forward, input_convention, numpy_outputs
 from ghostify.runtime.session import onnx_session, relative_error
 from ghostify.utils import atomic_write, eval_mode, first_line
 
@@ -46,7 +46,7 @@ class ExportResult:
     path: Path
     exporter: str  # "dynamo" or "torchscript"
     opset: int
-    input_size: tuple[int, int, int]
+    input_size: tuple[int, ...]
     dynamic_batch: bool
     deployed: bool
     max_abs_error: float | None
@@ -59,6 +59,9 @@ class ExportResult:
     fallback_reason: str | None = None  # why the dynamo exporter was not used
     check_batches: list[int] = field(default_factory=list)
     deploy_notes: list[str] = field(default_factory=list)
+    # output values the parity check compared; 0 means it compared nothing (e.g. a detector that
+    # found nothing above its score threshold): a pass then says nothing
+    compared_values: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -190,8 +193,8 @@ def _validate(model: Any, input_size: Sequence[int], rtol: float, exporter: str)
     if not isinstance(model, nn.Module):
         raise GhostifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
     size = tuple(int(v) for v in input_size)
-    if len(size) != 3:
-        raise InvalidValueError("input_size", f"must be C,H,W, got {size}")
+    if not 2 <= len(size) <= 4:
+        raise InvalidValueError("input_size", f"must be C,L, C,H,W or C,T,H,W, got {size}")
     if not float(rtol) > 0:
         raise InvalidValueError("rtol", f"must be > 0, got {rtol}")
     return size, float(rtol)
@@ -206,6 +209,31 @@ def _target(model: nn.Module, deploy: bool) -> tuple[nn.Module, list[str]]:
 
     target = to_deploy(model)
     return target, list(getattr(target, DEPLOY_NOTES_ATTR, []))
+
+
+class _Flat(nn.Module):
+    """What the exporters see: one batch tensor in, a flat tuple of tensors out.
+
+    A detector takes a list of images (fed here from the batch, image by image) and returns a
+    list of dicts; a segmentation model returns a dict. ONNX has neither, so the outputs are the
+    tensors in ``tree_leaves`` order, the order :func:`ghostify.forward.numpy_outputs` compares.
+    """
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        self.images = input_convention(model) == IMAGES
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        out = self.model(list(x.unbind(0)) if self.images else x)
+        return tuple(t for t in torch.utils._pytree.tree_leaves(out) if isinstance(t, torch.Tensor))
+
+
+def _exportable(target: nn.Module, output: Any) -> nn.Module:
+    """``target`` itself when it takes and returns tensors, else wrapped in :class:`_Flat`."""
+    if isinstance(output, torch.Tensor) and input_convention(target) != IMAGES:
+        return target
+    return _Flat(target).eval()
 
 
 def _run_exporters(target: nn.Module, x: torch.Tensor, path: Path, opset: int | None, dynamic_batch: bool,
@@ -238,16 +266,20 @@ def _run_exporters(target: nn.Module, x: torch.Tensor, path: Path, opset: int | 
 
 
 def _parity(source: bytes | Path, model: nn.Module, input_size: Sequence[int], batches: Sequence[int],
-            seed: int) -> tuple[float, float]:
-    """(max abs, max rel) error of onnxruntime against torch over seeded inputs of each batch size."""
+            seed: int) -> tuple[float, float, int]:
+    """(max abs, max rel) error of onnxruntime against torch over seeded inputs of each batch size,
+    and how many output values were compared."""
     sess = onnx_session(source)
     name = sess.get_inputs()[0].name
     abs_err = rel_err = 0.0
+    values = 0
     for b in batches:
         xb = _example(input_size, b, seed + b)
-        a, r = relative_error(sess.run(None, {name: xb.numpy()}), numpy_outputs(model, xb))
+        reference = numpy_outputs(model, xb)
+        a, r = relative_error(sess.run(None, {name: xb.numpy()}), reference)
         abs_err, rel_err = max(abs_err, a), max(rel_err, r)
-    return abs_err, rel_err
+        values += sum(int(y.size) for y in reference)
+    return abs_err, rel_err, values
 
 
 def _write(exported: _Exported, path: Path) -> None:
@@ -283,7 +315,9 @@ def export_onnx(
     Args:
         model: any ``nn.Module`` (original or ``ghostify.convert`` output); it is not modified.
         path: the ``.onnx`` file to write (overwritten: callers decide whether that is allowed).
-        input_size: (C, H, W) of one example.
+        input_size: one example without the batch: (C, H, W), or (C, L) / (C, T, H, W) for 1-D / 3-D
+            models. A detector's batch is fed as a list of images; outputs that are dicts or
+            lists are exported as their tensors, in order.
         opset: ONNX opset (default: the exporter's; dynamo needs >= 18).
         dynamic_batch: make the batch dimension symbolic (checked at batch 1 and 3).
         deploy: export :func:`ghostify.deploy` (model) instead of the training form.
@@ -301,15 +335,16 @@ def export_onnx(
     exported: _Exported | None = None
     with eval_mode(model):
         try:
-            check_forward(model, input_size)  # a wrong input size is the user's error: one clear line
+            output = check_forward(model, input_size)  # a wrong input size is the user's error: one clear line
             target, notes = _target(model, deploy)
+            target = _exportable(target, output)
             _refuse_unnamed_data_file(target, path)
             batch = 2 if dynamic_batch else 1  # torch.export specialises a batch of 1
             exported = _run_exporters(target, _example(input_size, batch, seed), path, opset, dynamic_batch, exporter)
             batches = [1, 3] if dynamic_batch else [1]
-            abs_err = rel_err = None
+            abs_err = rel_err = values = None
             if check:
-                abs_err, rel_err = _parity(exported.source, model, input_size, batches, seed)
+                abs_err, rel_err, values = _parity(exported.source, model, input_size, batches, seed)
             passed = None if rel_err is None else bool(rel_err <= rtol)
             written = passed is not False or keep_failed
             size = exported.size
@@ -323,7 +358,7 @@ def export_onnx(
                         max_rel_error=rel_err, rtol=rtol, passed=passed, written=written,
                         seconds=round(time.perf_counter() - start, 2), size_bytes=size,
                         fallback_reason=exported.fallback_reason, check_batches=batches if check else [],
-                        deploy_notes=notes)
+                        deploy_notes=notes, compared_values=values)
 
 
 def _session_or_raise(data: bytes | Path) -> None:

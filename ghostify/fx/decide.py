@@ -6,6 +6,7 @@ import sys
 
 from torch import nn
 
+from ghostify.layers.surgery import plain_conv
 from ghostify.plan import LayerPlan
 from ghostify.policy import GhostConfig
 
@@ -17,7 +18,8 @@ def supported_conv_types() -> tuple[type, ...]:
 
     Their forward reads only the standard convolution attributes plus per-output-channel tensors
     (timm's weight-standardised ``gain``), so a copy with fewer filters keeps their meaning;
-    tests/test_convert.py checks each against the original numerically.
+    tests/test_convert.py checks each against the original numerically. Subclasses that keep
+    ``nn.ConvNd``'s forward convert too (:func:`ghostify.layers.surgery.plain_conv`).
     """
     types: list[type] = [nn.Conv1d, nn.Conv2d, nn.Conv3d]
     if "timm" in sys.modules:  # only a model built with timm can hold timm's conv classes
@@ -38,7 +40,7 @@ def decide(config: GhostConfig, name: str, conv: nn.Module, is_stem: bool, insid
     """The policy's decision for one convolution, as a plan row."""
     if inside_ghost:
         return layer_plan(name, conv, False, config.s, config.d, "already part of a Ghost module")
-    if type(conv) not in supported:
+    if type(conv) not in supported and not plain_conv(conv):
         return layer_plan(name, conv, False, config.s, config.d,
                           f"{type(conv).__name__} has its own forward; left alone rather than changed in meaning")
     decision = config.decide(name, conv.in_channels, conv.out_channels, tuple(conv.kernel_size), conv.groups,

@@ -39,12 +39,18 @@ def _sequential_chain(seq: nn.Sequential, seq_name: str, i: int, act_types: tupl
                        lambda j, _prev: at(j, act_types, True))
 
 
+def _plain_sequential(module: nn.Module) -> bool:
+    """An ``nn.Sequential`` whose forward runs its children in order (torchvision's
+    ``Conv2dNormActivation`` is a subclass that keeps that forward): its data flow is known."""
+    return isinstance(module, nn.Sequential) and type(module).forward is nn.Sequential.forward
+
+
 def _swap_in_sequentials(model: nn.Module, config: GhostConfig, plan: ConversionPlan, first_conv: str | None,
                          inside: set[str]) -> set[str]:
     supported, act_types = supported_conv_types(), activation_types()
     handled: set[str] = set()
     for seq_name, seq in list(model.named_modules()):
-        if type(seq) is not nn.Sequential or seq_name in inside:
+        if not _plain_sequential(seq) or seq_name in inside:
             continue
         keys = list(seq._modules.keys())
         for i, key in enumerate(keys):

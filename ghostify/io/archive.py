@@ -3,7 +3,8 @@
 A zip (stored, not compressed) holding
 
 * ``recipe.json``: how to rebuild the architecture: the source model spec (or ``source.pt``),
-  the GhostConfig and init, the input size, the ghostify version, the report totals;
+  where the source's weights came from (``weights``), the GhostConfig and init, the input
+  size, the ghostify version, the report totals;
 * ``model.safetensors``: every parameter and buffer of the converted model (no pickle);
 * ``source.pt`` (file sources only): the original model's skeleton, its tensors on the meta
   device (a few KB), loaded with the same allow-list as any model file.
@@ -89,12 +90,15 @@ def save(
     force: bool = False,
     inputs: Sequence[str | os.PathLike | None] = (),
     extra: dict[str, Any] | None = None,
+    weights: str | None = None,
 ) -> Path:
     """Write ``model`` (a ``ghostify.convert`` output) to a ``.ghost`` archive.
 
     ``source`` is the spec the original came from (``"torchvision:resnet50"``), the original
     module itself when it came from a pickle file (its skeleton is stored in the archive), or
-    the path of a ``.pt2`` torch.export archive (stored as it is).
+    the path of a ``.pt2`` torch.export archive (stored as it is). ``weights`` records where the
+    original's weights came from (``LoadedModel.weights``; None: its random init); a torchvision
+    weight enum also names the architecture to rebuild (some add an aux head).
     """
     from ghostify._version import __version__
 
@@ -107,6 +111,7 @@ def save(
         "ghostify_version": __version__,
         "torch_version": torch.__version__,
         "source": source if isinstance(source, str) else None,  # else a source.* member
+        "weights": weights,
         "input_size": [int(v) for v in input_size],
         "config": plan.config,
         "init": plan.init,
@@ -153,9 +158,9 @@ def _check_recipe(recipe: Any, path: Path) -> None:
     if not isinstance(converted, list) or not all(isinstance(n, str) for n in converted):
         raise bad("'converted' must be a list of layer names")
     size = recipe.get("input_size")
-    if (not isinstance(size, list) or len(size) != 3
+    if (not isinstance(size, list) or not 2 <= len(size) <= 4
             or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in size)):
-        raise bad(f"'input_size' must be three positive integers, got {size!r}")
+        raise bad(f"'input_size' must be 2 to 4 positive integers (C,L / C,H,W / C,T,H,W), got {size!r}")
     aliases = recipe.get("aliases", {})
     if not isinstance(aliases, dict) or not all(isinstance(k, str) and isinstance(v, str) for k, v in aliases.items()):
         raise bad("'aliases' must map names to names")
@@ -163,6 +168,8 @@ def _check_recipe(recipe: Any, path: Path) -> None:
         raise bad("'source' must be a model spec")
     if not isinstance(recipe.get("init", "random"), str):
         raise bad("'init' must be a string")
+    if recipe.get("weights") is not None and not isinstance(recipe["weights"], str):
+        raise bad("'weights' must be a string (where the source's weights came from) or null")
 
 
 def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Module, dict[str, Any]]:
@@ -170,8 +177,9 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     from safetensors.torch import load as st_load
 
     from ghostify.conversion import convert
-    from ghostify.io.registry import REGISTRIES, build_named
+    from ghostify.io.registry import REGISTRIES, build_source
     from ghostify.io.safe_load import exported_module, safe_torch_load
+    from ghostify.io.weights import fit_error
     from ghostify.policy import GhostConfig
 
     path = Path(path)
@@ -209,7 +217,9 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
             # rebuilding from a factory spec imports and calls code the archive names: like unpickling
             raise UnsafeModelFileError(f"{path}: its source architecture is {spec!r}, which ghostify would have to "
                                        "import and run to rebuild the model")
-        source = build_named(spec)[0].eval()
+        # the architecture the source's weights imply (a torchvision enum can add an aux head);
+        # nothing is read for them: the archive's own weights follow
+        source = build_source(spec, weights=recipe.get("weights"), architecture_only=True).model.eval()
     else:
         raise GhostifyError(f"{path}: the archive names no source architecture")
     try:
@@ -232,7 +242,7 @@ def load_archive(path: str | os.PathLike, trust: bool = False) -> tuple[nn.Modul
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:
-        raise GhostifyError(f"{path}: weights do not fit the rebuilt model: {first_line(exc)}") from None
+        raise GhostifyError(f"{path}: weights do not fit the rebuilt model: {fit_error(exc)}") from None
     get_plan(model).init = recipe.get("init", "random")
     model.eval()
     return model, recipe

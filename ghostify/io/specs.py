@@ -1,13 +1,16 @@
 """Model specs: the strings that name a model wherever ghostify accepts one.
 
-* ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None)``
+* ``torchvision:NAME``: ``torchvision.models.get_model(NAME, weights=None)`` (detection and
+  segmentation models with ``weights_backbone=None``: nothing downloaded)
 * ``timm:NAME``: ``timm.create_model(NAME, pretrained=False)`` (input size from its config)
 * ``ghostify:NAME``: ``ghostify.models.create(NAME)`` (GhostNet, the CIFAR baselines)
 * ``package.module:factory``: imports the module and calls ``factory()`` (your own code)
 * a file: ``.pt``/``.pth`` (a whole pickled module, loaded safely; or a state_dict with
   ``arch=SPEC``), ``.pt2`` (torch.export archive, no pickle), ``.ghost`` (a ghostify archive)
 
-No weights are downloaded: models built from names start from their random init.
+Named models start from their random init unless ``weights`` (a torchvision weight name such
+as ``IMAGENET1K_V1`` or ``DEFAULT``, or a local weights file) or ``pretrained`` (timm) is
+given; those come from the libraries' caches, never a download (:mod:`ghostify.io.weights`).
 """
 
 from __future__ import annotations
@@ -22,9 +25,9 @@ import torch
 from torch import nn
 
 from ghostify.errors import GhostifyError, InvalidValueError
-from ghostify.io.registry import build_named
+from ghostify.io.registry import build_source
 from ghostify.io.safe_load import exported_module, safe_torch_load
-from ghostify.utils import first_line
+from ghostify.io.weights import fit_error
 
 __all__ = ["LoadedModel", "load_model", "parse_input_size", "expected_input", "DEFAULT_INPUT_SIZE", "FILE_SUFFIXES"]
 
@@ -39,11 +42,14 @@ class LoadedModel:
     model: nn.Module
     spec: str  # the spec as given
     kind: str  # torchvision | timm | ghostify | factory | file-module | file-state-dict | file-export | archive
-    input_size: tuple[int, int, int]
+    input_size: tuple[int, ...]  # (C, L), (C, H, W) or (C, T, H, W): one example, no batch
     input_size_source: str  # "flag" | "model config" | "archive" | "default"
     path: Path | None = None  # set for file specs
     arch: str | None = None  # the --arch spec used for a state_dict
     meta: dict[str, Any] = field(default_factory=dict)
+    # where the weights came from: None for the architecture's random init; a torchvision weight
+    # enum ("ResNet18_Weights.IMAGENET1K_V1"), timm's "hf-hub:REPO", or a file's path
+    weights: str | None = None
 
     def default_init(self) -> tuple[str, str]:
         """("transfer" or "random", why): transfer for sources that carry trained weights.
@@ -66,8 +72,8 @@ _TRAINED_KINDS = {"file-module": "the model file", "file-state-dict": "the state
                   "the torch.export program", "archive": "the ghostify archive"}
 
 
-def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] | None:
-    """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224)."""
+def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
+    """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224); also C,L (1-D) and C,T,H,W (3-D)."""
     if text is None:
         return None
     if isinstance(text, str):
@@ -75,26 +81,27 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, int, int] |
         try:
             values = [int(p) for p in parts]
         except ValueError:
-            raise InvalidValueError("input_size", f"must be C,H,W integers (e.g. 3,224,224), got {text!r}") from None
+            raise InvalidValueError("input_size", f"must be C,H,W integers (e.g. 3,224,224; C,L or C,T,H,W for "
+                                                  f"1-D or 3-D models), got {text!r}") from None
     else:
         try:
-            items = list(text)
+            values = list(text)
         except TypeError:
             raise InvalidValueError("input_size", f"must be C,H,W (e.g. 3,224,224), got {text!r}") from None
-        if not all(isinstance(v, int) and not isinstance(v, bool) for v in items):
-            raise InvalidValueError("input_size", f"must be three positive integers C,H,W, got {text!r}")
-        values = items
-    if len(values) != 3 or min(values) < 1:
-        raise InvalidValueError("input_size", f"must be three positive integers C,H,W, got {text!r}")
-    return values[0], values[1], values[2]
+        if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+            raise InvalidValueError("input_size", f"must be positive integers C,H,W, got {text!r}")
+    if not 2 <= len(values) <= 4 or min(values) < 1:
+        raise InvalidValueError("input_size", f"must be 2 to 4 positive integers: C,L, C,H,W or C,T,H,W, got {text!r}")
+    return tuple(values)
 
 
 def expected_input(model: nn.Module) -> str | None:
     """What the model says it expects, in words (for "the model rejected that input size" errors)."""
     parts = []
-    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
     if first is not None:
-        parts.append(f"C={first.in_channels} (its first convolution's input channels)")
+        layout = {1: "C,L", 2: "C,H,W", 3: "C,T,H,W"}[len(first.kernel_size)]
+        parts.append(f"C={first.in_channels} (its first convolution's input channels), a {layout} input")
     size = _config_input_size(model)
     if size is not None:
         parts.append(f"H×W={size[1]}×{size[2]} (its config)")
@@ -150,10 +157,18 @@ def _load_file(path: Path, arch: str | None, trust: bool) -> tuple[nn.Module, st
         try:
             model.load_state_dict(state)
         except RuntimeError as exc:
-            raise GhostifyError(f"{path}: does not fit the architecture {arch}: {first_line(exc)}",
+            raise GhostifyError(f"{path}: does not fit the architecture {arch}: {fit_error(exc)}",
                                 param="arch") from None
         return model, "file-state-dict", {}
     raise GhostifyError(f"{path}: holds a {type(obj).__name__}, not a model or a state_dict")
+
+
+def _default_input_size(model: nn.Module) -> tuple[tuple[int, ...], str]:
+    """3,224,224; a video model (its first convolution 3-D) gets the clip torchvision's video models use."""
+    first = next((m for m in model.modules() if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d))), None)
+    if isinstance(first, nn.Conv3d):
+        return (first.in_channels, 16, 112, 112), "default"
+    return DEFAULT_INPUT_SIZE, "default"
 
 
 def load_model(
@@ -161,19 +176,35 @@ def load_model(
     input_size: str | Sequence[int] | None = None,
     arch: str | None = None,
     trust: bool = False,
+    weights: str | os.PathLike | None = None,
+    pretrained: bool = False,
 ) -> LoadedModel:
-    """Build or load the model ``spec`` names (see the module docstring), in eval mode."""
+    """Build or load the model ``spec`` names (see the module docstring), in eval mode.
+
+    ``weights``: for a named model, a torchvision weight name (``IMAGENET1K_V1``, ``DEFAULT``)
+    or a local weights file (safetensors or a state_dict, read without running code);
+    ``pretrained``: its default pretrained weights (timm's, or torchvision's ``DEFAULT``). Both
+    are read from the libraries' caches; a missing file raises :class:`MissingWeightsError`
+    saying where to place it. The result's ``weights`` says where the weights came from.
+    """
     if not isinstance(spec, str) or not spec.strip():
         raise GhostifyError("empty model spec: give torchvision:NAME, timm:NAME, ghostify:NAME, "
                             "package.module:factory or a model file")
     spec = spec.strip()
     path: Path | None = None
     meta: dict[str, Any] = {}
+    weights = None if weights is None else os.fspath(weights)
     if _looks_like_file(spec):
+        if weights is not None or pretrained:
+            raise GhostifyError(f"{spec}: a model file carries its own weights; weights and pretrained apply to "
+                                "named models (torchvision:NAME, timm:NAME, ...)",
+                                param="weights" if weights is not None else "pretrained")
         path = Path(spec)
         model, kind, meta = _load_file(path, arch, trust)
+        source_of_weights: str | None = str(path.resolve())
     else:
-        model, kind = build_named(spec)
+        built = build_source(spec, weights=weights, pretrained=pretrained)
+        model, kind, source_of_weights = built.model, built.kind, built.weights
     size = parse_input_size(input_size)
     source = "flag"
     if size is None and "recipe" in meta:
@@ -182,7 +213,7 @@ def load_model(
         size = _config_input_size(model)
         source = "model config"
     if size is None:
-        size, source = DEFAULT_INPUT_SIZE, "default"
+        size, source = _default_input_size(model)
     model.eval()
     return LoadedModel(model=model, spec=spec, kind=kind, input_size=size, input_size_source=source,
-                       path=path, arch=arch, meta=meta)
+                       path=path, arch=arch, meta=meta, weights=source_of_weights)

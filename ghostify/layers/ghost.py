@@ -36,6 +36,7 @@ from ghostify.layers.surgery import (
     fold_bn,
     foldable,
     norm_class,
+    plain_conv,
     select_filters,
     slice_conv,
     split_norm,
@@ -351,7 +352,7 @@ class FusedGhost(nn.Module):
         plain = conv_class(ghost.dims)
         k = ghost.s - 1  # ghosts per intrinsic map
         split = (cconv.groups == m and isinstance(norm, nn.Identity) and isinstance(cnorm, nn.Identity)
-                 and type(cconv) is plain and type(conv) is plain and conv.groups == 1
+                 and type(cconv) is plain and plain_conv(conv) and conv.groups == 1
                  and (k == 1 or options.split_multiplier))
         if not split:
             return cls(nn.Sequential(conv, norm, act), [nn.Sequential(cconv, cnorm, cact)], [idx[:m], idx[m:]],

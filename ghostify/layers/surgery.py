@@ -17,7 +17,7 @@ import copy
 import torch
 from torch import nn
 
-__all__ = ["CONV_TYPES", "NORM_TYPES", "conv_class", "norm_class", "spatial_dims", "filter_index",
+__all__ = ["CONV_TYPES", "NORM_TYPES", "conv_class", "norm_class", "spatial_dims", "plain_conv", "filter_index",
            "select_filters", "split_norm", "copy_norm_channels", "fold_bn", "foldable", "take", "slice_conv",
            "identity_conv", "module_device", "module_dtype"]
 
@@ -32,6 +32,22 @@ def conv_class(dims: int) -> type[nn.Module]:
 
 def norm_class(dims: int) -> type[nn.Module]:
     return NORM_TYPES[dims]
+
+
+def plain_conv(module: object) -> bool:
+    """Whether ``module`` computes exactly the convolution of its weight: an ``nn.Conv1d/2d/3d``, or
+    a subclass that keeps their forward (torchvision's video ``Conv3DSimple`` and
+    ``Conv3DNoTemporal`` only add a constructor). Such a module may be sliced, folded and copied
+    with fewer filters without changing its meaning; a parametrized one (its weight computed)
+    may not.
+    """
+    base = next((c for c in _PLAIN_CONVS if isinstance(module, c)), None)
+    if base is None:
+        return False
+    cls = type(module)
+    if cls.forward is not base.forward or cls._conv_forward is not base._conv_forward:
+        return False
+    return not torch.nn.utils.parametrize.is_parametrized(module)
 
 
 def spatial_dims(conv: nn.Module) -> int:
@@ -116,7 +132,7 @@ def foldable(conv: nn.Module, norm: nn.Module) -> bool:
     whose forward uses its weight as it is (not timm's weight-standardised convolutions)."""
     if type(norm) not in NORM_TYPES.values() or norm.running_mean is None or norm.running_var is None:
         return False
-    return type(conv) in _PLAIN_CONVS or type(conv).__name__ == "Conv2dSame"
+    return plain_conv(conv) or type(conv).__name__ == "Conv2dSame"
 
 
 def fold_bn(conv: nn.Module, bn: nn.Module) -> nn.Module:
@@ -170,9 +186,13 @@ def slice_conv(conv: nn.Module, out_idx: torch.Tensor | None, in_idx: torch.Tens
     return new
 
 
-def identity_conv(channels: int, dims: int = 2) -> nn.Module:
-    """A 1x1 depthwise convolution that passes its input through (a node onnxruntime can fuse into)."""
-    conv = conv_class(dims)(channels, channels, 1, groups=channels, bias=False)
+def identity_conv(channels: int, dims: int = 2, like: nn.Module | None = None) -> nn.Module:
+    """A 1x1 depthwise convolution that passes its input through (a node onnxruntime can fuse into).
+
+    ``like``: a module whose device and dtype it takes (a float64 or CUDA model stays one).
+    """
+    device, dtype = (module_device(like), module_dtype(like)) if like is not None else (None, None)
+    conv = conv_class(dims)(channels, channels, 1, groups=channels, bias=False, device=device, dtype=dtype)
     with torch.no_grad():
         conv.weight.fill_(1.0)
     return conv

@@ -8,6 +8,10 @@ pooling, additions and concatenations count nothing.
 Counting uses fvcore's jit-based ``JitModelAnalysis`` with handles for exactly those ops; when
 the jit tracer cannot run a model, forward hooks on convolution/Linear modules give the same count
 for every model made of modules (the result says which counter ran).
+
+The example ``x`` is what the model takes (:func:`ghostify.forward.example_input`): a batch of
+one, or a list of one image for a detector. MACs are per example: a detector's RoI heads run
+on every proposal of the image, so their count is per image, not per row.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ import math
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import nn
+
+from ghostify.forward import batch_size
 
 __all__ = ["MacCount", "count_macs", "count_params", "forward_with_hooks", "CONVENTION"]
 
@@ -56,7 +63,7 @@ def _mac_handles() -> dict[str, object]:
     }
 
 
-def _count_fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
+def _count_fvcore(model: nn.Module, x: Any) -> MacCount:
     with warnings.catch_warnings():  # fvcore's import trips torch.jit deprecation warnings
         warnings.simplefilter("ignore")
         from fvcore.nn.jit_analysis import JitModelAnalysis
@@ -72,17 +79,18 @@ def _count_fvcore(model: nn.Module, x: torch.Tensor) -> MacCount:
     return MacCount(total=by_module.get("", int(analysis.total())), by_module=by_module, counter="fvcore")
 
 
-def _count_hooks(model: nn.Module, x: torch.Tensor) -> MacCount:
-    """Convolution / Linear MACs from output shapes (used when jit tracing fails)."""
+def _count_hooks(model: nn.Module, x: Any) -> MacCount:
+    """Convolution / Linear MACs from output shapes (used when jit tracing fails), Conv1d to Conv3d."""
     own: dict[str, int] = {}
+    examples = batch_size(x)  # not the output's first axis: a RoI head's rows are the image's proposals
 
     def hook(name: str):
         def fn(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
             if isinstance(mod, _CONVS):
                 per_out = (mod.in_channels // mod.groups) * math.prod(mod.kernel_size)
-                own[name] = own.get(name, 0) + out.numel() // out.shape[0] * per_out
             else:
-                own[name] = own.get(name, 0) + out.numel() // out.shape[0] * mod.in_features
+                per_out = mod.in_features
+            own[name] = own.get(name, 0) + out.numel() * per_out // examples
         return fn
 
     forward_with_hooks(model, x, {name: hook(name) for name, mod in model.named_modules()
@@ -96,7 +104,7 @@ def _count_hooks(model: nn.Module, x: torch.Tensor) -> MacCount:
     return MacCount(total=by_module[""], by_module=by_module, counter="hooks")
 
 
-def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict[str, Callable[..., None]]) -> None:
+def forward_with_hooks(model: nn.Module, x: Any, hooks: dict[str, Callable[..., None]]) -> None:
     """One no-grad forward pass with forward hooks on the named submodules, removed afterwards."""
     modules = dict(model.named_modules())
     handles = [modules[name].register_forward_hook(fn) for name, fn in hooks.items()]
@@ -108,8 +116,8 @@ def forward_with_hooks(model: nn.Module, x: torch.Tensor, hooks: dict[str, Calla
             h.remove()
 
 
-def count_macs(model: nn.Module, x: torch.Tensor) -> MacCount:
-    """MACs of one forward pass on ``x`` (batch 1 expected), total and per qualified module name."""
+def count_macs(model: nn.Module, x: Any) -> MacCount:
+    """MACs of one forward pass on ``x`` (the model's input, one example expected), total and per module name."""
     was_training = model.training
     model.eval()
     try:

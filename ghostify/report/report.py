@@ -70,12 +70,14 @@ class Report:
     target: str = "cpu"
     warnings: list[str] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
+    weights: str | None = None  # where the original's weights came from (None: random init)
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "schema": SCHEMA,
             "kind": "convert",
             "model": self.model,
+            "weights": self.weights,
             "input_size": list(self.input_size),
             "convention": CONVENTION,
             "counter": self.counter,
@@ -96,7 +98,7 @@ class Report:
         return json.dumps(self.to_dict(), indent=2, sort_keys=False)
 
 
-def _output_shapes(model: nn.Module, names: Sequence[str], x: torch.Tensor) -> dict[str, list[int]]:
+def _output_shapes(model: nn.Module, names: Sequence[str], x: Any) -> dict[str, list[int]]:
     wanted = set(names)
     shapes: dict[str, list[int]] = {}
 
@@ -115,8 +117,13 @@ def build_report(
     input_size: Sequence[int] = (3, 224, 224),
     model_name: str = "model",
     target: str = "cpu",
+    weights: str | None = None,
 ) -> Report:
-    """Measure both models and put Eq. 4/5 beside the measurement, layer by layer."""
+    """Measure both models and put Eq. 4/5 beside the measurement, layer by layer.
+
+    ``input_size`` is one example without the batch: (C, L), (C, H, W) or (C, T, H, W);
+    ``weights`` records where the original's weights came from (``LoadedModel.weights``).
+    """
     plan = get_plan(converted)
     if plan is None:
         raise GhostifyError("the second model was not produced by ghostify.convert (no ghostify_plan)")
@@ -172,7 +179,7 @@ def build_report(
         warnings.append(GPU_NOTE)
     counter = before.counter if before.counter == after.counter else f"{before.counter}/{after.counter}"
     return Report(model=model_name, input_size=input_size, plan=plan, layers=rows, totals=totals,
-                  counter=counter, target=target, warnings=warnings)
+                  counter=counter, target=target, warnings=warnings, weights=weights)
 
 
 def _is_module(model: nn.Module, name: str) -> bool:
