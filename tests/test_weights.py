@@ -61,7 +61,7 @@ def test_cli_convert_with_cached_weights_archives_them(offline, tmp_path, capsys
     state = _fake_pretrained(offline)
     out, report = tmp_path / "r18.ghost", tmp_path / "r18.json"
     rc = main(["convert", "torchvision:resnet18", "--weights", "IMAGENET1K_V1", "--input-size", "3,32,32",
-               "--out", str(out), "--json", str(report), "--no-layers"])
+               "--init", "random", "--out", str(out), "--json", str(report), "--no-layers"])
     assert rc == 0, capsys.readouterr().err
     recipe = json.loads(zipfile.ZipFile(out).read("recipe.json"))
     assert recipe["weights"] == "ResNet18_Weights.IMAGENET1K_V1" and recipe["source"] == "torchvision:resnet18"
@@ -225,3 +225,11 @@ def test_an_unknown_timm_tag_is_one_line(offline, capsys):
     line = _one_line(main(["analyze", "timm:test_resnet.bogus"]), capsys.readouterr().err)
     assert "timm model 'test_resnet' has no pretrained tag 'bogus'" in line
     assert ghostify.load_model("timm:test_resnet.r160_in1k").kind == "timm"  # a real tag builds
+
+
+def test_pretrained_weights_make_auto_init_transfer(offline):
+    _fake_pretrained(offline)
+    loaded = ghostify.load_model("torchvision:resnet18", weights="IMAGENET1K_V1")
+    init, reason = loaded.default_init()
+    assert init == "transfer" and "pretrained weights" in reason
+    assert ghostify.load_model("torchvision:resnet18").default_init()[0] == "random"

@@ -73,7 +73,8 @@ _TRAINED_KINDS = {"file-module": "the model file", "file-state-dict": "the state
 
 
 def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, ...] | None:
-    """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224); also C,L (1-D) and C,T,H,W (3-D)."""
+    """'3,224,224' (or '3x224x224', or a sequence) -> (3, 224, 224); also C,L (1-D), C,T,H,W (3-D) and a
+    single length L for a model whose forward takes (N, L), such as raw audio frames."""
     if text is None:
         return None
     if isinstance(text, str):
@@ -90,8 +91,9 @@ def parse_input_size(text: str | Sequence[int] | None) -> tuple[int, ...] | None
             raise InvalidValueError("input_size", f"must be C,H,W (e.g. 3,224,224), got {text!r}") from None
         if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise InvalidValueError("input_size", f"must be positive integers C,H,W, got {text!r}")
-    if not 2 <= len(values) <= 4 or min(values) < 1:
-        raise InvalidValueError("input_size", f"must be 2 to 4 positive integers: C,L, C,H,W or C,T,H,W, got {text!r}")
+    if not 1 <= len(values) <= 4 or min(values) < 1:
+        raise InvalidValueError("input_size", f"must be 1 to 4 positive integers: C,H,W (C,L, C,T,H,W, or L for a "
+                                              f"forward taking (N, L)), got {text!r}")
     return tuple(values)
 
 

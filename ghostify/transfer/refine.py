@@ -105,11 +105,13 @@ def _valid_padding(ghost: GhostModule) -> Iterator[None]:
 def _valid_forward(ghost: GhostModule, x: torch.Tensor) -> torch.Tensor:
     """GhostModule.forward on an input crop, padding off: the intrinsic maps cut to the cheap
     operation's valid window, so both parts cover the same output positions."""
-    intrinsic = ghost.primary_conv(x)
+    with _valid_padding(ghost):
+        intrinsic = ghost.primary_conv(x)
+        cheap = ghost.cheap_operation(intrinsic)
     margin = [k // 2 for k in ghost.cheap_operation[0].kernel_size]
     inner = intrinsic[(slice(None), slice(None), *[slice(m, intrinsic.shape[2 + a] - m) for a, m in
                                                    enumerate(margin)])]
-    out = torch.cat([inner, ghost.cheap_operation(intrinsic)], dim=1)
+    out = torch.cat([inner, cheap], dim=1)
     if ghost.trim:
         out = out[:, : ghost.n]
     if ghost.channel_order is not None:
@@ -140,11 +142,10 @@ def refine(ghost: GhostModule, pool: RefinePool, config: TransferConfig, seconds
     if pool.count == 0 or config.refine_steps <= 0:
         return math.nan, math.nan, 0
     ghost.eval()
-    with _valid_padding(ghost) if pool.cropped else contextlib.nullcontext():
-        before = _pool_error(ghost, pool, device)
-        saved = {k: v.detach().clone() for k, v in ghost.state_dict().items()}
-        steps = _adam(ghost, pool, config, seconds, device)
-        after = _pool_error(ghost, pool, device)
+    before = _pool_error(ghost, pool, device)
+    saved = {k: v.detach().clone() for k, v in ghost.state_dict().items()}
+    steps = _adam(ghost, pool, config, seconds, device)
+    after = _pool_error(ghost, pool, device)
     if not math.isfinite(after) or after >= before:
         ghost.load_state_dict(saved)
         after = before
