@@ -18,8 +18,8 @@ from ghostify.errors import GhostifyError, OutputExistsError, OutputIsInputError
 if TYPE_CHECKING:
     from torch import nn
 
-__all__ = ["first_line", "set_submodule", "preserved_modes", "eval_mode", "atomic_write", "check_output_path",
-           "check_output_dir", "existing_paths", "module_device_dtype"]
+__all__ = ["channel_sums", "first_line", "set_submodule", "preserved_modes", "eval_mode", "atomic_write",
+           "check_output_path", "check_output_dir", "existing_paths", "module_device_dtype"]
 
 
 def first_line(exc: BaseException, limit: int = 240, *, with_type: bool = False) -> str:
@@ -31,6 +31,18 @@ def first_line(exc: BaseException, limit: int = 240, *, with_type: bool = False)
     elif not line:
         line = type(exc).__name__
     return line[:limit]
+
+
+def channel_sums(x: Any) -> tuple[Any, Any]:
+    """Per-channel sum and sum of squares of a (batch, channels, *spatial) tensor, in float64.
+
+    Each sample's map is summed in its own precision first (contiguous and fast), then across the
+    batch in float64: no float64 copy of the maps, and precise enough for BN statistics and errors.
+    """
+    import torch
+
+    flat = x.reshape(x.shape[0], x.shape[1], -1)
+    return flat.sum(-1).to(torch.float64).sum(0), (flat * flat).sum(-1).to(torch.float64).sum(0)
 
 
 def set_submodule(root: nn.Module, qualname: str, module: nn.Module) -> None:

@@ -144,10 +144,11 @@ def test_input_sizes_of_every_dimensionality():
     assert parse_input_size("4,128") == (4, 128)
     assert parse_input_size("3,224,224") == (3, 224, 224)
     assert parse_input_size("3x8x112x112") == (3, 8, 112, 112)
-    with pytest.raises(ghostify.GhostifyError, match="2 to 4 positive integers"):
-        parse_input_size("3")
-    with pytest.raises(ghostify.GhostifyError, match="2 to 4 positive integers"):
+    assert parse_input_size("1024") == (1024,)  # raw frames: forward takes (N, L)
+    with pytest.raises(ghostify.GhostifyError, match="1 to 4 positive integers"):
         parse_input_size("1,2,3,4,5")
+    with pytest.raises(ghostify.GhostifyError, match="1 to 4 positive integers"):
+        parse_input_size("3,0,4")
     # a video model's default input is a clip, not an image
     assert ghostify.load_model("torchvision:r3d_18").input_size == (3, 16, 112, 112)
 

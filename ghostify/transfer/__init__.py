@@ -86,7 +86,8 @@ def _data_free(original: nn.Module, converted: nn.Module, plan: ConversionPlan) 
 def _summary(result: WalkResult | None, fit: str, config: TransferConfig) -> dict[str, Any]:
     out: dict[str, Any] = {"fit": fit, "config": config.to_dict()}
     if result is not None:
-        out.update(samples=result.samples, seconds=result.seconds, output_error=result.output_error,
+        out.update(samples=result.samples, seconds=result.seconds, refine_seconds=result.refine_seconds,
+                   output_error=result.output_error,
                    activations_peak_bytes=result.peak_bytes, activations_spilled_bytes=result.spilled_bytes)
     return out
 

@@ -20,6 +20,7 @@ from ghostify.layers.ghost import GhostModule
 from ghostify.layers.surgery import NORM_TYPES, copy_norm_channels
 from ghostify.transfer.assign import Assignment
 from ghostify.transfer.fit import LayerParts, PairFit, _match_act_mean
+from ghostify.utils import channel_sums
 
 __all__ = ["apply_fit", "intercept_slot", "NormStatistics", "identity_assignment"]
 
@@ -109,9 +110,9 @@ class NormStatistics:
         self.handles = [bn.register_forward_pre_hook(self._hook) for bn in self.norms]
 
     def _hook(self, mod: nn.Module, inp: tuple) -> None:
-        x = inp[0].detach().double()
-        dims = [0] + list(range(2, x.dim()))
-        stats = torch.stack([x.sum(dims), (x * x).sum(dims), torch.full_like(x.sum(dims), x.numel() / x.shape[1])])
+        x = inp[0].detach()
+        s1, s2 = channel_sums(x)
+        stats = torch.stack([s1, s2, torch.full_like(s1, x.numel() / x.shape[1])])
         self.sums[id(mod)] = self.sums.get(id(mod), 0) + stats
 
     @torch.no_grad()

@@ -16,6 +16,8 @@ import torch
 __all__ = ["Assignment", "slot_capacities", "choose", "GREEDY_MAX_N"]
 
 GREEDY_MAX_N = 128
+CANDIDATES = 16  # cheapest candidate intrinsics kept per map when scanning pairs
+SWAP_ROUNDS = 100
 
 
 @dataclass
@@ -79,8 +81,7 @@ def _paired_intrinsics(E: torch.Tensor, m: int, s: int, group_of: list[int], quo
     count = placed = 0
     cost = E.clone()
     cost.fill_diagonal_(float("inf"))
-    for flat in cost.flatten().argsort().tolist():
-        i, o = divmod(flat, n)
+    for i, o in _cheapest_pairs(cost):
         if role[o] != 0 or role[i] == 2:
             continue
         if role[i] == 0:
@@ -94,6 +95,21 @@ def _paired_intrinsics(E: torch.Tensor, m: int, s: int, group_of: list[int], quo
         if count + placed == n:
             break
     return _fill_quota(E, role, group_of, quota)
+
+
+def _cheapest_pairs(cost: torch.Tensor, per_column: int = CANDIDATES) -> list[tuple[int, int]]:
+    """(row, column) pairs by rising cost, each column's ``per_column`` cheapest rows only.
+
+    A map is rebuilt from one of its few best candidates in practice; keeping those alone makes
+    the scan n x 16 long instead of n^2 (the choice is then finished by the fill-ups after it).
+    """
+    rows, cols = cost.shape
+    per_column = min(per_column, rows)
+    values, idx = cost.topk(per_column, dim=0, largest=False)  # (per_column, cols)
+    order = values.flatten().argsort()
+    flat_rows = idx.flatten()[order].tolist()
+    flat_cols = (order % cols).tolist()
+    return [(r, c) for r, c in zip(flat_rows, flat_cols, strict=True)]
 
 
 def _fill_quota(E: torch.Tensor, role: list[int], group_of: list[int], quota: int) -> list[int]:
@@ -113,23 +129,29 @@ def _fill_quota(E: torch.Tensor, role: list[int], group_of: list[int], quota: in
 
 def _assign(E: torch.Tensor, intrinsic: list[int], caps: list[int], n: int) -> dict[int, int]:
     """Every other channel to one intrinsic position, cheapest pairs first, respecting capacity."""
-    ghosts = [o for o in range(n) if o not in set(intrinsic)]
+    chosen = set(intrinsic)
+    ghosts = [o for o in range(n) if o not in chosen]
     sub = E[intrinsic][:, ghosts]  # (m, g)
     left = list(caps)
     owner: dict[int, int] = {}
-    for flat in sub.flatten().argsort().tolist():
-        k, j = divmod(flat, len(ghosts))
+    for k, j in _cheapest_pairs(sub):
         o = ghosts[j]
         if o in owner or left[k] == 0:
             continue
         owner[o] = k
         left[k] -= 1
         if len(owner) == len(ghosts):
-            break
+            return owner
+    for j, o in enumerate(ghosts):  # whose few best candidates were all full: the best one with room
+        if o not in owner:
+            room = torch.tensor([c > 0 for c in left])
+            k = int(torch.where(room, sub[:, j], torch.full_like(sub[:, j], float("inf"))).argmin())
+            owner[o] = k
+            left[k] -= 1
     return owner
 
 
-def _improve_swaps(E: torch.Tensor, intrinsic: list[int], owner: dict[int, int], rounds: int = 200) -> None:
+def _improve_swaps(E: torch.Tensor, intrinsic: list[int], owner: dict[int, int], rounds: int = SWAP_ROUNDS) -> None:
     """Local search: exchange the intrinsics of two ghosts while that lowers the total error."""
     ghosts = list(owner)
     if len(ghosts) < 2:

@@ -31,8 +31,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from ghostify.transfer.assign import Assignment
+from ghostify.utils import channel_sums
 
 __all__ = ["LayerParts", "PairFit", "bn_affine", "weight_space_fit", "relative_mse", "ErrorMeter"]
+
+MAX_POSITIONS = 1024  # per map, for measuring a layer's error
 
 _CONV = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}
 
@@ -246,10 +249,13 @@ class ErrorMeter:
     count: float = 0.0
 
     def add(self, y: torch.Tensor, t: torch.Tensor) -> None:
-        dims = [0] + list(range(2, t.dim()))
-        t64 = t.double()
-        self.sq += float(((y.double() - t64) ** 2).sum())
-        s1, s2 = t64.sum(dims), (t64 * t64).sum(dims)
+        if t.dim() > 2 and t[0, 0].numel() > MAX_POSITIONS:  # a regular grid of positions estimates it as well
+            step = max(1, round((t[0, 0].numel() / MAX_POSITIONS) ** (1 / (t.dim() - 2))))
+            index = (slice(None), slice(None), *[slice(None, None, step)] * (t.dim() - 2))
+            y, t = y[index], t[index]
+        diff = y - t
+        self.sq += float(channel_sums(diff.reshape(diff.shape[0], diff.shape[1], -1))[1].sum())
+        s1, s2 = channel_sums(t.reshape(t.shape[0], t.shape[1], -1))
         self.s1 = s1 if self.s1 is None else self.s1 + s1
         self.s2 = s2 if self.s2 is None else self.s2 + s2
         self.count += t.numel() / t.shape[1]

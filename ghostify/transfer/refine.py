@@ -142,7 +142,12 @@ def refine(ghost: GhostModule, pool: RefinePool, config: TransferConfig, seconds
     if pool.count == 0 or config.refine_steps <= 0:
         return math.nan, math.nan, 0
     ghost.eval()
+    start = time.perf_counter()
     before = _pool_error(ghost, pool, device)
+    if seconds is not None:  # the budget covers the two evaluations too
+        seconds -= 2 * (time.perf_counter() - start)
+        if seconds <= 0:
+            return before, before, 0
     saved = {k: v.detach().clone() for k, v in ghost.state_dict().items()}
     steps = _adam(ghost, pool, config, seconds, device)
     after = _pool_error(ghost, pool, device)

@@ -39,7 +39,8 @@ class PairStats:
         self.generator = generator
         dt = torch.float64
         self.G = torch.zeros(n, self.taps, self.taps, dtype=dt)
-        self.C = torch.zeros(n * self.taps, n, dtype=dt)
+        # float32: at most max_rows rows are summed, about a reference point; n^2 x taps floats
+        self.C = torch.zeros(n * self.taps, n, dtype=torch.float32)
         self.su = torch.zeros(n * self.taps, dtype=dt)
         self.sz = torch.zeros(n, dtype=dt)
         self.zz = torch.zeros(n, dtype=dt)
@@ -88,7 +89,7 @@ class PairStats:
         Zr = Zr - self._z0
         Uv = U.view(-1, self.n, self.taps)
         self.G += torch.einsum("rnt,rnu->ntu", Uv, Uv).double()
-        self.C += (U.T @ Zr).double()
+        self.C.addmm_(U.T, Zr)
         self.su += U.sum(0).double()
         self.sz += Zr.sum(0).double()
         self.zz += (Zr * Zr).sum(0).double()
@@ -105,7 +106,7 @@ class PairStats:
         n, taps, rows = self.n, self.taps, max(self.rows, 1)
         mu_u = (self.su / rows).view(n, taps)
         mu_z = self.sz / rows
-        G, C, zz = self.G.clone(), self.C.view(n, taps, n).clone(), self.zz.clone()
+        G, C, zz = self.G.clone(), self.C.view(n, taps, n).double(), self.zz.clone()
         if self.intercept:  # centre: the intercept absorbs the means
             G -= rows * mu_u.unsqueeze(2) * mu_u.unsqueeze(1)
             C -= rows * mu_u.unsqueeze(2) * mu_z.view(1, 1, n)

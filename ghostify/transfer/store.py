@@ -86,8 +86,10 @@ class ActivationStore:
     # -- internals --------------------------------------------------------------------------
     def _keep(self, t: torch.Tensor, out: Stored) -> Any:
         t = t.detach().cpu()
-        if self.half and t.dtype == torch.float32 and t.numel() and float(t.abs().max()) <= HALF_MAX:
-            t = t.to(torch.float16)
+        if self.half and t.dtype == torch.float32 and t.numel():
+            low, high = torch.aminmax(t)  # one pass, no temporary
+            if max(-float(low), float(high)) <= HALF_MAX:
+                t = t.to(torch.float16)
         nbytes = t.numel() * t.element_size()
         if self.in_memory + out.nbytes + nbytes <= self.memory_bytes or t.numel() == 0:
             out.nbytes += nbytes

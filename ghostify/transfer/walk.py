@@ -92,6 +92,7 @@ class WalkResult:
     peak_bytes: int
     spilled_bytes: int
     samples: int
+    refine_seconds: float = 0.0
     layers: dict[str, float] = field(default_factory=dict)
 
 
@@ -305,4 +306,5 @@ class SequentialWalk:
         finally:
             self.store.close()
         return WalkResult(seconds=round(time.perf_counter() - start, 2), output_error=output_error,
-                          peak_bytes=self.store.peak, spilled_bytes=self.store.spilled, samples=self.samples)
+                          peak_bytes=self.store.peak, spilled_bytes=self.store.spilled, samples=self.samples,
+                          refine_seconds=round(self.refine_spent, 2))
