@@ -39,7 +39,8 @@ def test_the_table_is_read_from_the_cache_on_the_next_run(tmp_path):
     cases = [_case(), _case(8, 24)]
     first = measure_table(cases, 1, LatencyCache(machine_key(1), tmp_path))
     assert (first.measured, first.cached) == (2, 0)
-    assert set(first.timings["conv"]) == {"conv", "s2", "s3", "s4"} and all(v > 0 for v in first.timings["conv"].values())
+    row = first.timings["conv"]
+    assert set(row) == {"conv", "s2", "s3", "s4"} and all(v > 0 for v in row.values())
     again = measure_table(cases, 1, LatencyCache(machine_key(1), tmp_path))
     assert (again.measured, again.cached) == (0, 2) and again.timings == first.timings
     # another thread count is another machine as far as the timings go: measured again, kept apart
