@@ -8,6 +8,8 @@ with ``ghostify.convert`` at s = 2, 3, 4 (d = 3) with
 * ``transfer-synthetic``: ``init="transfer"`` without data, ``input_size`` given: the fit runs on
   inputs distilled from the baseline's BatchNorm statistics (s=2 only in budget mode),
 * ``transfer-calibrated``: ``init="transfer"`` with N unlabeled training images,
+* ``transfer-closed-form``: the same without the refinement (``TransferConfig(refine_steps=0)``),
+  zero-shot only: what the refinement buys,
 
 then distills each from the baseline with ``ghostify.train.finetune`` (KD, T=4, alpha=0.9,
 SGD lr 0.02, batch 32, warm-up + cosine) and measures test accuracy. The "200 steps" figure is the 200th step
@@ -46,7 +48,7 @@ import ghostify  # noqa: E402
 from ghostify.data.specs import open_data  # noqa: E402
 from ghostify.train import FinetuneConfig, evaluate, finetune  # noqa: E402
 
-INITS = ("random", "transfer-data-free", "transfer-synthetic", "transfer-calibrated")
+INITS = ("random", "transfer-data-free", "transfer-synthetic", "transfer-calibrated", "transfer-closed-form")
 
 
 def vgg_small(widths: tuple[int, int, int] = (16, 32, 64), num_classes: int = 10) -> nn.Sequential:
@@ -152,8 +154,10 @@ def main() -> None:
                 continue  # budget mode: distilling inputs costs ~2 min a run, so s=2 only
             t0 = time.time()
             kw = {"init": "random"} if init == "random" else {"init": "transfer"}
-            if init == "transfer-calibrated":
+            if init in ("transfer-calibrated", "transfer-closed-form"):
                 kw["calibration_data"] = calib
+            if init == "transfer-closed-form":
+                kw["transfer"] = ghostify.TransferConfig(refine_steps=0)
             if init == "transfer-synthetic":  # no data: inputs distilled from the BatchNorm statistics
                 kw["input_size"] = (1, 28, 28)
                 kw["calibration_samples"] = synthetic_samples
@@ -163,14 +167,15 @@ def main() -> None:
             # budget mode: the bar's pair (random, calibrated) gets the 1-epoch run at s=2, the data-free
             # students 200 steps at s=2 and zero-shot only at s > 2
             one_epoch = full or (s in epoch_s and init in ("random", "transfer-calibrated"))
-            if not full and s not in epoch_s and init in ("transfer-data-free", "transfer-synthetic"):
+            if init == "transfer-closed-form" or (
+                    not full and s not in epoch_s and init in ("transfer-data-free", "transfer-synthetic")):
                 ghost.eval()
                 row = {"s": s, "d": args.d, "init": init, "zero_shot": evaluate(ghost, test, 1000, args.device),
                        f"after_{args.steps}_steps": None, "after_1_epoch": None, "distill_steps": 0,
                        "convert_s": round(convert_s, 1), "distill_s": 0.0,
                        "transfer_errors": {layer.name: layer.transfer_error for layer in plan.converted},
                        "transfer_fit": sorted({str(layer.transfer_fit) for layer in plan.converted}),
-                       "params": sum(p.numel() for p in ghost.parameters()), "note": "not distilled in budget mode"}
+                       "params": sum(p.numel() for p in ghost.parameters()), "note": "zero-shot only"}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 continue
@@ -216,6 +221,7 @@ def main() -> None:
             "random_after_1_epoch_gap_pt": round(base_acc - rnd["after_1_epoch"], 2),
             "data_free_zero_shot": free["zero_shot"], "random_zero_shot": rnd["zero_shot"],
             "data_free_synthetic_zero_shot": synth["zero_shot"],
+            "closed_form_zero_shot": pick(2, "transfer-closed-form")["zero_shot"],
         }
     result = {
         "command": (f"nice -n {os.nice(0)} " if os.nice(0) > 0 else "") + ".venv/bin/python " + " ".join(

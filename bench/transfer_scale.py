@@ -75,16 +75,22 @@ def main() -> None:
     ap.add_argument("--models", default="resnet18,resnet50,resnet101")
     ap.add_argument("--synthetic", default="resnet50", help="models also run with --calib synthetic ('' for none)")
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "transfer_scale.json")
+    ap.add_argument("--merge", action="store_true", help="replace only these runs in an existing --out")
     args = ap.parse_args()
     if not Path(FMNIST).is_dir():
         raise SystemExit(f"{FMNIST} missing: apt-get install -y dataset-fashion-mnist")
-    load = os.getloadavg()[0]
+    load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as tmp:
         rows = [run_one(m, f"fashion-mnist:{FMNIST}", Path(tmp)) for m in args.models.split(",")]
         rows += [run_one(m, "synthetic", Path(tmp)) for m in args.synthetic.split(",") if m]
     command = shlex.join(["python", *sys.argv]).replace(str(ROOT) + "/", "")
+    for row in rows:
+        row["load_average_before"], row["bench_command"] = load, command
+    if args.merge and args.out.exists():  # rows re-measured replace their namesakes, the rest stay
+        new = {(r["model"], r["calib"]) for r in rows}
+        rows = [r for r in json.loads(args.out.read_text())["runs"] if (r["model"], r["calib"]) not in new] + rows
     result = {"bench": "transfer_scale", "command": command,
-              "cpus": os.cpu_count(), "load_average_before": load, "runs": rows,
+              "cpus": os.cpu_count(), "runs": rows,
               "note": "fresh process per run under /usr/bin/time -v; the refinement's total budget is fixed "
                       "(TransferConfig.refine_seconds), so fit_s excludes it"}
     args.out.write_text(json.dumps(result, indent=1) + "\n")

@@ -163,7 +163,13 @@ def test_data_free_with_input_size_fits_on_inputs_distilled_from_batchnorm():
         return float((a.mean((0, 2, 3)) - model[1].running_mean).pow(2).mean())
 
     noise = torch.randn(16, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    distilled = synthesize_inputs(model, (3, 8, 8), samples=16, steps=200)
+    distilled, steps = synthesize_inputs(model, (3, 8, 8), samples=16, steps=200)
+    assert steps == 200  # no deadline: every step runs
+    import time
+
+    t0 = time.perf_counter()
+    _, steps = synthesize_inputs(model, (3, 8, 8), samples=16, steps=10**6, seconds=0.5)  # a deadline holds
+    assert 1 <= steps < 10**6 and time.perf_counter() - t0 < 5
     assert distilled.shape == (16, 3, 8, 8)
     assert mismatch(distilled) < 0.2 * mismatch(noise)
     assert all(p.requires_grad for p in model.parameters())  # the model is left as it was

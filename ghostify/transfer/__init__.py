@@ -63,8 +63,9 @@ def _synthetic(original: nn.Module, input_size: Sequence[int], config: TransferC
     else:
         size, steps = plan_synthesis(original, input_size, samples, config.synthetic_steps, config.synthetic_seconds)
     start = time.perf_counter()
-    x = synthesize_inputs(original, size, samples, steps, seed=config.seed, progress=progress)
-    return x, {"samples": samples, "size": list(size), "steps": steps,
+    x, steps_run = synthesize_inputs(original, size, samples, steps, seed=config.seed, progress=progress,
+                                     seconds=config.synthetic_seconds if config.synthetic_size is None else None)
+    return x, {"samples": samples, "size": list(size), "steps": steps_run, "steps_planned": steps,
                "seconds": round(time.perf_counter() - start, 2)}
 
 

@@ -14,6 +14,7 @@ batch's. A smaller spatial size costs quadratically less; docs/transfer.md measu
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
@@ -40,7 +41,8 @@ def has_batchnorm(model: nn.Module) -> bool:
 
 
 def _distil_batch(model: nn.Module, norms: list[nn.Module], x: torch.Tensor, steps: int, lr: float,
-                  tick: Callable[[], None]) -> torch.Tensor:
+                  tick: Callable[[], None], deadline: float | None = None) -> tuple[torch.Tensor, int]:
+    """``x`` after up to ``steps`` Adam steps (fewer if ``deadline``, a perf_counter time, passes)."""
     seen: list[tuple[torch.Tensor, torch.Tensor, nn.Module]] = []
 
     def hook(mod: nn.Module, inp: tuple, out: torch.Tensor) -> None:
@@ -51,25 +53,27 @@ def _distil_batch(model: nn.Module, norms: list[nn.Module], x: torch.Tensor, ste
     handles = [m.register_forward_hook(hook) for m in norms]
     x = x.clone().requires_grad_(True)
     opt = torch.optim.Adam([x], lr=lr)
+    done = 0
     try:
         for _ in range(steps):
+            if deadline is not None and done and time.perf_counter() > deadline:
+                break  # the plan measured a step before the run: a busier machine must not overrun it
             seen.clear()
             model(x)
             loss = sum(F.mse_loss(mean, m.running_mean) + F.mse_loss(var, m.running_var) for mean, var, m in seen)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            done += 1
             tick()
     finally:
         for h in handles:
             h.remove()
-    return x.detach()
+    return x.detach(), done
 
 
 def _step_seconds(model: nn.Module, norms: list[nn.Module], size: Sequence[int], batch: int) -> float:
     """Seconds for one distillation step of ``batch`` inputs of ``size`` (second of two: no warm-up)."""
-    import time
-
     device, dtype = module_device_dtype(model)
     x = torch.randn(batch, *size).to(device=device, dtype=dtype)
     _distil_batch(model, norms, x, 1, 0.0, lambda: None)
@@ -109,10 +113,13 @@ def synthesize_inputs(
     seed: int = 0,
     batch: int = 32,
     progress: Callable[[int, int, str], None] | None = None,
-) -> torch.Tensor:
-    """``samples`` inputs of shape ``input_size`` whose BatchNorm batch statistics match ``model``'s.
+    seconds: float | None = None,
+) -> tuple[torch.Tensor, int]:
+    """``samples`` inputs of shape ``input_size`` whose BatchNorm batch statistics match ``model``'s,
+    and the fewest steps any batch got.
 
-    ``progress(step, total_steps, text)`` is called after every optimiser step.
+    ``progress(step, total_steps, text)`` is called after every optimiser step. ``seconds`` is a
+    deadline: each batch stops at its share of it, after at least one step.
     """
     device, dtype = module_device_dtype(model)
     gen = torch.Generator().manual_seed(seed)
@@ -125,13 +132,17 @@ def synthesize_inputs(
         if progress is not None:
             progress(done[0], total, f"distilling inputs from BatchNorm statistics ({samples} inputs)")
 
-    out = []
+    out, steps_run = [], steps
+    begin, batches = time.perf_counter(), -(-samples // batch)
     with eval_mode(model), _frozen(model):
-        for start in range(0, samples, batch):
+        for i, start in enumerate(range(0, samples, batch)):
             count = min(batch, samples - start)
             x = torch.randn(count, *input_size, generator=gen).to(device=device, dtype=dtype)
-            out.append(_distil_batch(model, norms, x, steps, lr, tick))
-    return torch.cat(out)
+            deadline = None if seconds is None else begin + seconds * (i + 1) / batches
+            x, done_steps = _distil_batch(model, norms, x, steps, lr, tick, deadline)
+            out.append(x)
+            steps_run = min(steps_run, done_steps)
+    return torch.cat(out), steps_run
 
 
 @contextlib.contextmanager
