@@ -29,6 +29,7 @@ import torch
 import torchvision
 
 import ghostify
+from ghostify.export import export_onnx
 from ghostify.policy import GhostConfig
 from ghostify.runtime.cpu import cpu_info
 from ghostify.runtime.latency import percentiles, time_onnx
@@ -42,7 +43,7 @@ def _time(models: dict[str, torch.nn.Module], runs: int, tmp: Path) -> dict[str,
     paths = []
     for name, model in models.items():
         path = tmp / f"{name}.onnx"
-        ghostify.export_onnx(model, path, SIZE, check=False)
+        export_onnx(model, path, SIZE, check=False)
         paths.append(path)
     timed = time_onnx(paths, threads=1, runs=runs, warmup=5)
     base = timed[0].times_ms
