@@ -561,20 +561,23 @@ def markdown(result: dict[str, Any]) -> str:
               "| model | input | mode | convs | stem / dw / in Ghost | ghosted of eligible | why not ghosted |"
               " shape kept | ONNX | s |",
               "|---|---|---|---|---|---|---|---|---|---|"]
-    for r in rows:
-        if r.get("error") and "conv2d" not in r:
-            lines.append(f"| `{r['model']}` | | | | | | **error**: {r['error'][:160]} | ✗ | | |")
-            continue
-        why = "; ".join(f"{k} ×{v}" for k, v in r.get("not_ghosted_reasons", {}).items())
-        if r.get("error"):
-            why = f"**error**: {r['error'][:160]}" + (f"; {why}" if why else "")
-        size = "×".join(str(v) for v in r.get("input_size", [])[1:])
-        lines.append(
-            f"| `{r['model']}` | {size} | {r.get('mode', '')} | {r.get('conv2d', '')} | "
+    lines += [_table_row(r, task=False) for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _table_row(r: dict, task: bool) -> str:
+    """One model's markdown row of the per-model tables (with a task column for --detection)."""
+    lead = f"| `{r['model']}` | " + (f"{r.get('task', '')} | " if task else "")
+    if r.get("error") and "conv2d" not in r:
+        return lead + f"| | | | | **error**: {r['error'][:160]} | ✗ | | |"
+    why = "; ".join(f"{k} ×{v}" for k, v in r.get("not_ghosted_reasons", {}).items())
+    if r.get("error"):
+        why = f"**error**: {r['error'][:160]}" + (f"; {why}" if why else "")
+    size = "×".join(str(v) for v in r.get("input_size", [])[1:])
+    return (lead + f"{size} | {r.get('mode', '')} | {r.get('conv2d', '')} | "
             f"{r.get('stem', 0)} / {r.get('depthwise', 0)} / {r.get('inside_ghost_module', 0)} | {_fmt_share(r)} | "
             f"{why.replace('|', '/')} | {'✓' if r.get('shape_kept') else '✗'} | {_fmt_onnx(r).replace('|', '/')} | "
             f"{r.get('total_s', '')} |")
-    return "\n".join(lines) + "\n"
 
 
 def tasks_markdown(result: dict[str, Any]) -> str:
@@ -628,19 +631,7 @@ def tasks_markdown(result: dict[str, Any]) -> str:
                 f"- `{m}`: {str(why)[:300]}" for m, why in s["onnx_failing"].items()]
     lines += ["", "| model | task | input | mode | convs | stem / dw / in Ghost | ghosted of eligible |"
               " why not ghosted | output kept | ONNX | s |", "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for r in result["results"]:
-        if r.get("error") and "conv2d" not in r:
-            lines.append(f"| `{r['model']}` | {r.get('task', '')} | | | | | | **error**: {r['error'][:160]} | ✗ | | |")
-            continue
-        why = "; ".join(f"{k} ×{v}" for k, v in r.get("not_ghosted_reasons", {}).items())
-        if r.get("error"):
-            why = f"**error**: {r['error'][:160]}" + (f"; {why}" if why else "")
-        size = "×".join(str(v) for v in r.get("input_size", [])[1:])
-        lines.append(
-            f"| `{r['model']}` | {r.get('task', '')} | {size} | {r.get('mode', '')} | {r.get('conv2d', '')} | "
-            f"{r.get('stem', 0)} / {r.get('depthwise', 0)} / {r.get('inside_ghost_module', 0)} | {_fmt_share(r)} | "
-            f"{why.replace('|', '/')} | {'✓' if r.get('shape_kept') else '✗'} | {_fmt_onnx(r).replace('|', '/')} | "
-            f"{r.get('total_s', '')} |")
+    lines += [_table_row(r, task=True) for r in result["results"]]
     return "\n".join(lines) + "\n"
 
 
