@@ -24,7 +24,7 @@ without torch and that its JSON feeds ``check``, nothing about speed on an ARM b
 
 Needs root (chroot). Takes /tmp/ghostify-bench.lock for the whole run (do not wrap it in flock).
 Exit 0 when both commands exit 0 in the root and torch is absent there, else 1. A bench script:
-no test calls it. About 2 minutes on 2 cores.
+no test calls it. About 3 minutes on 2 cores, plus any wait for the lock (``total_wall_s`` counts it).
 """
 
 from __future__ import annotations
