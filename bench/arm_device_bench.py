@@ -37,6 +37,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -120,14 +121,23 @@ def device_commands(root: Path) -> tuple[dict[str, Any], dict[str, Any], dict[st
     return bench, check, data
 
 
+def build_wheel(dist: Path) -> None:
+    """``pip wheel --no-deps`` of a copy of this checkout (setuptools leaves build/ and *.egg-info behind)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in ("pyproject.toml", "README.md"):
+            shutil.copy(REPO / name, tmp)
+        shutil.copytree(REPO / "ghostify", Path(tmp) / "ghostify", ignore=shutil.ignore_patterns("__pycache__"))
+        arm_parity.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w",
+                        str(dist), tmp])
+
+
 def wheel_install(root: Path) -> dict[str, Any]:
     """Build ghostify's wheel here; in the root, a fresh venv with the four packages and it (--no-deps), then
     its ``ghostify bench`` console script. Exit codes of each step."""
     dist = root / DIST.lstrip("/")
     shutil.rmtree(dist, ignore_errors=True)
     say("x86: pip wheel --no-deps . (ghostify's own wheel, pure Python)")
-    arm_parity.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist),
-                    str(REPO)])
+    build_wheel(dist)
     wheel = arm_parity.in_root(root, next(dist.glob("ghostify-*.whl")))
     pip = [f"{WHEEL_VENV}/bin/python", "-m", "pip", "install", "-q", "--disable-pip-version-check", "--no-index"]
     steps = [["/usr/bin/python3", "-m", "venv", "--clear", WHEEL_VENV],
