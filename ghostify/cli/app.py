@@ -16,7 +16,7 @@ import typer
 from rich.console import Console
 
 from ghostify.cli.errors import BAD_INPUT, INTERNAL, INTERRUPTED, cli_message
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, NeedsTorchError
 
 try:  # recent typer vendors click (typer._click); older typer uses click itself
     from typer._click.exceptions import ClickException
@@ -107,6 +107,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as exc:  # a bug in ghostify or in the user's model code
         if debug:
             raise
+        if _torch_missing(exc):  # a path to torch that no require_torch guards: still one line, exit 2
+            error(cli_message(NeedsTorchError(f"this command needs PyTorch, which cannot be imported here ({exc})")))
+            return BAD_INPUT
         text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
         error(f"unexpected {type(exc).__name__}: {text[:300]} (rerun with --debug for the traceback)")
         return INTERNAL
+
+
+def _torch_missing(exc: BaseException) -> bool:
+    """``exc`` is torch (or torchvision, which needs it) failing to import, e.g. on an onnxruntime-only board."""
+    return isinstance(exc, ImportError) and (exc.name or "").split(".")[0] in ("torch", "torchvision")

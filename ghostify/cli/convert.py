@@ -11,6 +11,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from ghostify._torch import require_torch
 from ghostify.cli.app import app, err_console, write_json
 from ghostify.errors import GhostifyError, NothingToConvertError
 
@@ -202,6 +203,7 @@ def convert(
     threads: int = THREADS_OPT,
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
+    require_torch("ghostify convert")
     from ghostify.io.archive import save
     from ghostify.report.render import render_report
 
@@ -304,6 +306,7 @@ def analyze(
     width: int | None = WIDTH_OPT,
 ) -> None:
     """Dry run: the per-layer report (or an s/d sweep) without writing a model."""
+    require_torch("ghostify analyze")
     import ghostify
     from ghostify.forward import check_forward
     from ghostify.report.render import render_report

@@ -9,6 +9,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
+from ghostify._torch import require_torch
 from ghostify.cli.app import app, console, err_console, error, write_json
 from ghostify.errors import GhostifyError
 
@@ -60,6 +61,7 @@ def export(
 
     Exit 1 when the outputs differ by more than --rtol (the file is then not written).
     """
+    require_torch("ghostify export")
     from ghostify.export.onnx import export_onnx
     from ghostify.io.specs import load_model
     from ghostify.utils import check_output_path, existing_paths
@@ -128,7 +130,6 @@ def bench(
     """Latency of ONNX models on onnxruntime's CPU execution provider: medians, p10/p90, ratio B/A."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from ghostify.report.report import GPU_NOTE
     from ghostify.runtime.latency import bench_onnx, bench_torch
     from ghostify.utils import check_output_path, existing_paths
 
@@ -145,6 +146,7 @@ def bench(
                           param="json")
     models = []
     if torch_specs:  # loaded and run once before any timing: a wrong --input-size is a one-line error
+        require_torch("ghostify bench --torch")
         from ghostify.forward import check_forward
         from ghostify.io.specs import load_model
 
@@ -165,11 +167,13 @@ def bench(
                                                                                        total=total))
             result["torch"]["specs"] = list(torch_specs)
     result["command"] = _command_line(ctx)
-    if device == "cuda":
+    if device == "cuda":  # only with --torch: torch is here (ghostify.report imports it)
+        from ghostify.report.report import GPU_NOTE
+
         result["gpu_note"] = GPU_NOTE
     _render(result)
     if device == "cuda":
-        err_console.print(f"[yellow]note:[/] {GPU_NOTE}")
+        err_console.print(f"[yellow]note:[/] {result['gpu_note']}")
     if json_path is not None:
         write_json(json_path, result)
 

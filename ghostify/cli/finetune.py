@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
+from ghostify._torch import require_torch
 from ghostify.cli.app import app, console, err_console
 from ghostify.errors import GhostifyError
 
@@ -61,6 +62,7 @@ def finetune(
     trust: bool = typer.Option(False, "--trust", help="Unpickle arbitrary classes from model files."),
 ) -> None:
     """Distill --teacher into GHOST (KD + labels), checkpoint per epoch, write a .ghost archive."""
+    require_torch("ghostify finetune")
     from ghostify.cli.progress import progress_reporter
     from ghostify.io.specs import load_model
     from ghostify.train import FinetuneConfig

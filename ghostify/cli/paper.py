@@ -8,6 +8,7 @@ import typer
 from rich import box
 from rich.table import Table
 
+from ghostify._torch import require_torch
 from ghostify.cli.app import app, console, err_console
 from ghostify.errors import GhostifyError
 
@@ -72,6 +73,7 @@ def paper(
     force: bool = typer.Option(False, "--force", help="Overwrite existing paper-tables.md/.json."),
 ) -> None:
     """Rebuild the weights/FLOPs rows of the paper's Tables 3-7 with ghostify and compare them to the paper."""
+    require_torch("ghostify paper")
     from ghostify.cli.progress import progress_reporter
     from ghostify.reproduce.paper import build_tables
     from ghostify.utils import atomic_write, check_output_dir, check_output_path

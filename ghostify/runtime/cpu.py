@@ -23,8 +23,9 @@ __all__ = ["cpu_info", "parse_cpuinfo", "ARM_IMPLEMENTERS", "ARM_PARTS"]
 
 X86_FLAGS = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16", "amx_tile",
              "amx_bf16", "amx_int8", "avx_vnni")
-# asimd = NEON; asimddp = dot product (int8 GEMM); i8mm, bf16, sve, sve2: newer Armv8.6+/v9 kernels
-ARM_FLAGS = ("asimd", "asimdhp", "asimddp", "fphp", "i8mm", "bf16", "sve", "sve2", "sme")
+# The kernel's names (arch/arm64/kernel/cpuinfo.c): asimd = NEON (neon on 32-bit kernels); asimdhp and
+# fphp = fp16 arithmetic; asimddp = dot product (int8 GEMM); i8mm, bf16, sve, sve2, sme: Armv8.6+/v9
+ARM_FLAGS = ("asimd", "neon", "asimdhp", "asimddp", "fphp", "i8mm", "bf16", "sve", "sve2", "sme")
 
 ARM_IMPLEMENTERS = {"0x41": "ARM", "0x42": "Broadcom", "0x43": "Cavium", "0x46": "Fujitsu", "0x48": "HiSilicon",
                     "0x4e": "NVIDIA", "0x50": "Applied Micro", "0x51": "Qualcomm", "0x53": "Samsung",
@@ -34,11 +35,14 @@ ARM_PARTS = {
     ("0x41", "0xd03"): "Cortex-A53", ("0x41", "0xd04"): "Cortex-A35", ("0x41", "0xd05"): "Cortex-A55",
     ("0x41", "0xd07"): "Cortex-A57", ("0x41", "0xd08"): "Cortex-A72", ("0x41", "0xd09"): "Cortex-A73",
     ("0x41", "0xd0a"): "Cortex-A75", ("0x41", "0xd0b"): "Cortex-A76", ("0x41", "0xd0c"): "Neoverse-N1",
-    ("0x41", "0xd0d"): "Cortex-A77", ("0x41", "0xd40"): "Neoverse-V1", ("0x41", "0xd41"): "Cortex-A78",
-    ("0x41", "0xd44"): "Cortex-X1", ("0x41", "0xd46"): "Cortex-A510", ("0x41", "0xd47"): "Cortex-A710",
-    ("0x41", "0xd48"): "Cortex-X2", ("0x41", "0xd49"): "Neoverse-N2", ("0x41", "0xd4f"): "Neoverse-V2",
-    ("0x41", "0xd80"): "Cortex-A520", ("0x41", "0xd81"): "Cortex-A720", ("0x41", "0xd82"): "Cortex-X4",
-    ("0x41", "0xd84"): "Neoverse-V3", ("0x41", "0xd8e"): "Neoverse-N3",
+    ("0x41", "0xd0d"): "Cortex-A77", ("0x41", "0xd0e"): "Cortex-A76AE", ("0x41", "0xd40"): "Neoverse-V1",
+    ("0x41", "0xd41"): "Cortex-A78", ("0x41", "0xd42"): "Cortex-A78AE", ("0x41", "0xd44"): "Cortex-X1",
+    ("0x41", "0xd46"): "Cortex-A510", ("0x41", "0xd47"): "Cortex-A710", ("0x41", "0xd48"): "Cortex-X2",
+    ("0x41", "0xd49"): "Neoverse-N2", ("0x41", "0xd4a"): "Neoverse-E1", ("0x41", "0xd4b"): "Cortex-A78C",
+    ("0x41", "0xd4c"): "Cortex-X1C", ("0x41", "0xd4d"): "Cortex-A715", ("0x41", "0xd4e"): "Cortex-X3",
+    ("0x41", "0xd4f"): "Neoverse-V2", ("0x41", "0xd80"): "Cortex-A520", ("0x41", "0xd81"): "Cortex-A720",
+    ("0x41", "0xd82"): "Cortex-X4", ("0x41", "0xd84"): "Neoverse-V3", ("0x41", "0xd85"): "Cortex-X925",
+    ("0x41", "0xd87"): "Cortex-A725", ("0x41", "0xd8e"): "Neoverse-N3",
     ("0x61", "0x022"): "M1 Icestorm", ("0x61", "0x023"): "M1 Firestorm", ("0x61", "0x024"): "M1 Pro Icestorm",
     ("0x61", "0x025"): "M1 Pro Firestorm", ("0x61", "0x028"): "M1 Max Icestorm",
     ("0x61", "0x029"): "M1 Max Firestorm", ("0x61", "0x032"): "M2 Blizzard", ("0x61", "0x033"): "M2 Avalanche",
@@ -75,10 +79,12 @@ def _arm_cores(blocks: list[dict[str, str]]) -> list[dict[str, Any]]:
 
 
 def _arm_model(cores: list[dict[str, Any]], blocks: list[dict[str, str]]) -> str:
-    vendor = cores[0]["vendor"]
-    kinds = " + ".join(f"{c['count']}× {c['name']}" if len(cores) > 1 else c["name"] for c in cores)
+    one_vendor = len({c["vendor"] for c in cores}) == 1
+    named = [c["name"] if one_vendor else f"{c['vendor']} {c['name']}" for c in cores]
+    kinds = " + ".join(f"{c['count']}× {n}" if len(cores) > 1 else n for c, n in zip(cores, named, strict=True))
+    vendor = f"{cores[0]['vendor']} " if one_vendor else ""
     board = next((b[k] for b in blocks for k in ("Model", "Hardware") if k in b), None)  # e.g. a Raspberry Pi
-    return f"{vendor} {kinds}" + (f" ({board})" if board else "")
+    return f"{vendor}{kinds}" + (f" ({board})" if board else "")
 
 
 def parse_cpuinfo(text: str) -> dict[str, Any]:
@@ -86,13 +92,13 @@ def parse_cpuinfo(text: str) -> dict[str, Any]:
     blocks = _blocks(text)
     first = blocks[0] if blocks else {}
     info: dict[str, Any] = {}
-    if "model name" in first:  # x86 (and some ARM kernels print one too)
+    if "model name" in first:  # x86; 32-bit ARM kernels print a generic one ("ARMv7 Processor rev 3 (v7l)")
         info["model"] = first["model name"]
     flags = set((first.get("flags") or first.get("Features") or "").split())
     cores = _arm_cores(blocks)
-    if cores:
+    if cores:  # the core names say more than any "model name" an ARM kernel prints
         info["cores"] = cores
-        info.setdefault("model", _arm_model(cores, blocks))
+        info["model"] = _arm_model(cores, blocks)
         info["vendor"] = cores[0]["vendor"]
     elif "Hardware" in first or any("Hardware" in b for b in blocks):
         info.setdefault("model", next(b["Hardware"] for b in blocks if "Hardware" in b))
