@@ -151,11 +151,16 @@ def _decide_budget(config: GhostConfig, model: nn.Module, cases: Sequence[LayerC
     return {layer.name: layer.current.s for layer in layers if layer.current.s > 1}
 
 
-def _reason(case: LayerCase, table: LatencyTable) -> str:
-    best = max(case.valid_s(), key=lambda s: table.speedup(case.name, s) or 0.0)
+def _reason(case: LayerCase, table: LatencyTable, min_speedup: float) -> str:
+    """Why a measured layer is kept: slower on this CPU, or (a budget) not needed for the target."""
+    valid = case.valid_s()
+    if not valid:
+        return f"n={case.conv.out_channels} too small for s in {list(case.s_choices)}: no maps to save"
+    best = max(valid, key=lambda s: table.speedup(case.name, s) or 0.0)
     r = table.speedup(case.name, best) or 0.0
-    return f"measured {r:.2f}x at s={best} on this CPU (onnxruntime, {table.threads} thread(s))" \
-        if len(case.valid_s()) > 1 else f"measured {r:.2f}x on this CPU (onnxruntime, {table.threads} thread(s))"
+    at = f" at s={best}" if len(valid) > 1 else ""
+    measured = f"measured {r:.2f}x{at} on this CPU (onnxruntime, {table.threads} thread(s))"
+    return measured if r <= min_speedup else f"not needed for the target ({measured})"
 
 
 def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[int],
@@ -177,7 +182,7 @@ def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[i
         if case.name in chosen:
             decided.overrides[glob.escape(case.name)] = {"s": chosen[case.name]}
         else:
-            decided.kept[case.name] = _reason(case, table)
+            decided.kept[case.name] = _reason(case, table, config.min_layer_speedup)
     summary["layers"] = {case.name: dict(table.timings[case.name]) for case in cases}
     if not budgeted:
         saved = sum(table.timings[n][CONV] - table.timings[n][f"s{s}"] for n, s in chosen.items())
