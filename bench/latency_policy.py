@@ -1,6 +1,6 @@
 """Issue 12's policy bars: the latency-aware policy on this CPU, against Eq. 4's plain policy.
 
-    python bench/latency_policy.py [--runs 50] [--only mobilenet_v2,resnet50]
+    python bench/latency_policy.py [--runs 100] [--only mobilenet_v2,resnet50]
 
 * MobileNetV2: the original, plain s=2 and ``--latency-aware`` s=2, exported in deployment form
   and timed interleaved in one onnxruntime run (1 thread, batch 1): the latency-aware model must
@@ -109,7 +109,7 @@ def resnet50(runs: int, tmp: Path, target: float) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--runs", type=int, default=50)
+    ap.add_argument("--runs", type=int, default=100)
     ap.add_argument("--only", default="mobilenet_v2,resnet50")
     ap.add_argument("--target", type=float, default=2.0)
     ap.add_argument("--out", type=Path, default=ROOT / "bench" / "results" / "latency_policy.json")

@@ -19,7 +19,7 @@ from ghostify.utils import atomic_write
 
 __all__ = ["cache_dir", "machine_key", "LatencyCache"]
 
-SCHEMA = 1
+SCHEMA = 2  # 2: Ghost modules timed as parts (and concatenated)
 
 
 def cache_dir() -> Path:

@@ -19,7 +19,7 @@ from torch import nn
 
 from ghostify.export.deploy import DeployConfig
 from ghostify.export.onnx import module_to_onnx
-from ghostify.layers.ghost import GhostModule, intrinsic_channels
+from ghostify.layers.ghost import FusedGhost, GhostModule, intrinsic_channels
 from ghostify.layers.surgery import norm_class
 from ghostify.runtime.latency import percentiles
 from ghostify.runtime.session import onnx_session
@@ -28,7 +28,7 @@ from ghostify.tune.cache import LatencyCache
 __all__ = ["LayerCase", "LatencyTable", "measure_table", "CONV"]
 
 CONV = "conv"  # the variant name of the layer left as it is
-TARGET_SECONDS = 0.6  # timed seconds per layer, all variants together
+TARGET_SECONDS = 1.0  # timed seconds per layer shape, all variants together
 MIN_RUNS, MAX_RUNS = 15, 400
 
 
@@ -64,17 +64,41 @@ def _plain(case: LayerCase) -> nn.Module:
     return nn.Sequential(conv, copy.deepcopy(case.act) if case.act is not None else nn.Identity())
 
 
-def _ghost(case: LayerCase, s: int, deploy: DeployConfig) -> nn.Module:
+class _Parts(nn.Module):
+    """A fused Ghost module that hands its parts on as they are, the way ``ghostify.deploy`` keeps
+    them apart for consumers that allow it: no Concat, whose layout changes would be charged to
+    the layer alone and not to the graph it sits in."""
+
+    def __init__(self, fused: FusedGhost) -> None:
+        super().__init__()
+        self.fused = fused
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return tuple(self.fused.forward_parts(x))
+
+
+def _ghost(case: LayerCase, s: int, deploy: DeployConfig) -> FusedGhost:
     norm = norm_class(len(case.conv.kernel_size))(case.conv.out_channels)
     ghost = GhostModule.from_conv(case.conv, s=s, d=case.d, norm=norm, act=case.act)
     return ghost.eval().fuse(deploy.fuse_options)
 
 
 def variants(case: LayerCase, deploy: DeployConfig | None = None) -> dict[str, nn.Module]:
-    """``{"conv": the layer, "s2": its Ghost module at s=2, ...}`` in deployment form, eval mode."""
+    """``{"conv": the layer, "s2": its Ghost module at s=2, ...}`` in deployment form, eval mode.
+
+    A Ghost module the deployment form keeps in parts (``FusedGhost.blocked``) is timed as parts
+    ("s2"), and also as one concatenated output ("s2_concat", what a consumer that needs the whole
+    map sees); the decision reads "s2".
+    """
     deploy = deploy or DeployConfig()
-    out = {CONV: _plain(case).eval()}
-    out.update({f"s{s}": _ghost(case, s, deploy) for s in case.valid_s()})
+    out: dict[str, nn.Module] = {CONV: _plain(case).eval()}
+    for s in case.valid_s():
+        fused = _ghost(case, s, deploy)
+        if fused.blocked and fused.parts > 1:
+            out[f"s{s}"] = _Parts(fused).eval()
+            out[f"s{s}_concat"] = fused
+        else:
+            out[f"s{s}"] = fused
     return out
 
 
