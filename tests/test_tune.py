@@ -111,13 +111,13 @@ def test_spectral_sensitivity_is_zero_within_rank_and_grows_with_s():
 
 @pytest.fixture
 def stubbed_timings(monkeypatch):
-    """Layer "3" measures 2x faster as a Ghost module, layer "6" 0.8x; the model is timed at 10 ms."""
+    """Layer "3" measures 2x faster as a Ghost module, layer "6" 0.8x; whole models 10 ms -> 9.5 ms
+    (so a layer saves alpha = 0.5 / (0.5 - 0.25) = 2x in the graph what it saves alone)."""
     def fake(models, input_shape, threads):
         fast = input_shape[1] == 16
         return {name: 1.0 if name == "conv" else (0.5 if fast else 1.25) for name in models}
 
     monkeypatch.setattr(tune_table, "_time_variants", fake)
-    monkeypatch.setattr(tune_policy, "model_ms", lambda *a, **k: 10.0)
     monkeypatch.setattr(tune_policy, "measure_speedup", lambda *a, **k: {"original_ms": 10.0, "ghost_ms": 9.5,
                                                                          "speedup": 10 / 9.5, "threads": 1, "runs": 1})
     import ghostify.tune as tune
@@ -131,8 +131,27 @@ def test_latency_aware_converts_only_what_measures_faster(tmp_path, stubbed_timi
     by_name = {layer.name: layer for layer in plan.layers}
     assert by_name["3"].converted and by_name["3"].latency["speedup"] == pytest.approx(2.0)
     assert not by_name["6"].converted and by_name["6"].reason.startswith("measured 0.80x")
-    assert plan.latency["predicted_speedup"] == pytest.approx(10 / 9.5, rel=1e-3)
-    assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.5)
+    assert plan.latency["anchor"]["alpha"] == pytest.approx(2.0)
+    assert plan.latency["predicted_speedup"] == pytest.approx(10 / 9, rel=1e-3)
+    assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.5) and plan.latency["choice"] == "per layer"
+
+
+def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timings, monkeypatch):
+    calls = []
+
+    def measured(original, converted, *a, **k):  # the anchor (Eq. 4) first, then the per-layer choice
+        calls.append(converted)
+        ms = 9.0 if len(calls) == 1 else 9.8
+        return {"original_ms": 10.0, "ghost_ms": ms, "speedup": 10 / ms, "threads": 1, "runs": 1}
+
+    monkeypatch.setattr(tune_policy, "measure_speedup", measured)
+    import ghostify.tune as tune
+
+    monkeypatch.setattr(tune, "measure_speedup", measured)
+    config = GhostConfig(latency="measure", cache_dir=str(tmp_path))
+    plan = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+    assert plan.latency["choice"].startswith("Eq. 4's policy") and len(plan.converted) == 2
+    assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.0)
 
 
 def test_a_speedup_budget_picks_s_per_layer(tmp_path, stubbed_timings):
@@ -170,7 +189,7 @@ def test_cli_latency_aware_reports_prediction_and_measurement(tmp_path, monkeypa
                str(tmp_path / "r.json"), "--width", "200"])
     captured = capsys.readouterr()
     assert rc == 0, captured.err
-    assert "latency-aware predicted ×1.05 · measured ×1.05" in captured.out
+    assert "latency-aware predicted ×1.11 · measured ×1.05" in captured.out
     assert "kept: measured 0.80x" in captured.out
     report = json.loads((tmp_path / "r.json").read_text())
     assert report["latency"]["shapes_measured"] == 2 and report["layers"][1]["latency"]["speedup"] == 2.0

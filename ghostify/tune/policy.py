@@ -31,10 +31,11 @@ from ghostify.tune.budget import LayerChoices, LayerOption, choose, predicted, s
 from ghostify.tune.cache import LatencyCache, machine_key
 from ghostify.tune.table import CONV, LatencyTable, LayerCase, measure_table
 
-__all__ = ["latency_policy", "measure_speedup", "model_ms"]
+__all__ = ["latency_policy", "measure_speedup"]
 
 Progress = Callable[[int, int, str], None]
 MODEL_RUNS = 30
+ALPHA_RANGE = (0.25, 4.0)  # a calibration outside this says the anchor run was noise: clamp it
 
 
 def _input_shapes(model: nn.Module, names: Sequence[str], x: Any) -> dict[str, tuple[int, ...]]:
@@ -54,9 +55,10 @@ def _act(ghost: GhostModule) -> nn.Module | None:
     return None if isinstance(act, nn.Identity) else act
 
 
-def _cases(model: nn.Module, config: GhostConfig, input_size: Sequence[int]) -> list[LayerCase]:
-    """The layers the policy would convert, each with its input shape and following activation;
-    a budget tries every s in ``s_choices``, otherwise each layer's own s."""
+def _cases(model: nn.Module, config: GhostConfig, input_size: Sequence[int]) -> tuple[list[LayerCase], nn.Module]:
+    """The layers the policy would convert, each with its input shape and following activation
+    (a budget tries every s in ``s_choices``, otherwise each layer's own s), and the model Eq. 4's
+    policy alone makes (the anchor the prediction is calibrated on)."""
     gm, plan = rewrite(model, config.without_latency())
     ghosts = dict(gm.named_modules())
     modules = dict(model.named_modules())
@@ -69,16 +71,8 @@ def _cases(model: nn.Module, config: GhostConfig, input_size: Sequence[int]) -> 
             continue
         s_choices = config.s_choices if config.budgeted else (layer.s,)
         cases.append(LayerCase(layer.name, modules[layer.name], shapes[layer.name], layer.d,
-                               _act(ghosts[layer.name]), tuple(s_choices)))
-    return cases
-
-
-def model_ms(model: nn.Module, input_size: Sequence[int], threads: int, runs: int = MODEL_RUNS) -> float:
-    """Median latency of the whole model's deployment form on onnxruntime."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "model.onnx"
-        export_onnx(model, path, input_size, check=False)
-        return compare(time_onnx([path], threads=threads, runs=runs, warmup=3))["a"]["p50_ms"]
+                               _act(ghosts[layer.name]), tuple(s_choices), layer.s))
+    return cases, gm
 
 
 def measure_speedup(original: nn.Module, converted: nn.Module, input_size: Sequence[int], threads: int = 1,
@@ -91,6 +85,19 @@ def measure_speedup(original: nn.Module, converted: nn.Module, input_size: Seque
         result = compare(time_onnx([a, b], threads=threads, runs=runs, warmup=3))
     return {"original_ms": result["a"]["p50_ms"], "ghost_ms": result["b"]["p50_ms"],
             "speedup": result["speedup"], "threads": threads, "runs": runs}
+
+
+def _anchor(model: nn.Module, eq4: nn.Module, cases: Sequence[LayerCase], table: LatencyTable,
+            input_size: Sequence[int], threads: int) -> dict[str, Any]:
+    """The original and Eq. 4's model timed whole, interleaved; and ``alpha``, how much more a layer
+    saves in the graph than alone (one layer timed alone runs with its weights and input in cache,
+    and without its neighbours' layout changes), which scales every predicted saving."""
+    measured = measure_speedup(model, eq4, input_size, threads)
+    alone = sum(table.timings[c.name][CONV] - table.timings[c.name].get(f"s{c.s_policy}", table.timings[c.name][CONV])
+                for c in cases)
+    in_graph = measured["original_ms"] - measured["ghost_ms"]
+    alpha = min(max(in_graph / alone, ALPHA_RANGE[0]), ALPHA_RANGE[1]) if alone > 0 and in_graph > 0 else 1.0
+    return {**measured, "alpha": round(alpha, 4), "saved_alone_ms": round(alone, 4)}
 
 
 def _choices(case: LayerCase, table: LatencyTable, macs: dict[str, float], min_speedup: float) -> LayerChoices:
@@ -138,7 +145,7 @@ def _decide_budget(config: GhostConfig, model: nn.Module, cases: Sequence[LayerC
         macs = _conv_macs(model, cases, x)
     layers = [_choices(case, table, macs, config.min_layer_speedup) for case in cases]
     if config.target_speedup is not None:
-        total = summary["model_ms"]
+        total = summary["model_ms"] / summary["anchor"]["alpha"]  # T / (T - alpha saved), as choose() counts
         reached = choose(layers, total, config.target_speedup, use_time=True)
         summary["target"] = {"speedup": config.target_speedup, "predicted": round(reached, 3)}
     else:
@@ -147,7 +154,8 @@ def _decide_budget(config: GhostConfig, model: nn.Module, cases: Sequence[LayerC
         summary["target"] = {"macs": config.target_macs, "predicted": round(reached, 3)}
     summary["target"]["met"] = reached >= summary["target"].get("speedup", summary["target"].get("macs"))
     if "model_ms" in summary:
-        summary["predicted_speedup"] = round(predicted(layers, summary["model_ms"], use_time=True), 3)
+        total = summary["model_ms"] / summary["anchor"]["alpha"]
+        summary["predicted_speedup"] = round(predicted(layers, total, use_time=True), 3)
     return {layer.name: layer.current.s for layer in layers if layer.current.s > 1}
 
 
@@ -166,7 +174,7 @@ def _reason(case: LayerCase, table: LatencyTable, min_speedup: float) -> str:
 def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[int],
                    progress: Progress | None = None) -> tuple[GhostConfig, dict[str, Any]]:
     """A copy of ``config`` decided by measurement, and the summary of what was measured."""
-    cases = _cases(model, config, input_size)
+    cases, eq4 = _cases(model, config, input_size)
     cache = LatencyCache(machine_key(config.threads), config.cache_dir and Path(config.cache_dir))
     table = measure_table(cases, config.threads, cache, progress)
     summary: dict[str, Any] = {"threads": table.threads, "machine": table.machine, "cache": str(cache.path),
@@ -174,7 +182,8 @@ def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[i
                                "table_seconds": table.seconds}
     budgeted = config.budgeted
     if config.target_speedup is not None or not budgeted:
-        summary["model_ms"] = round(model_ms(model, input_size, config.threads), 4)
+        summary["anchor"] = _anchor(model, eq4, cases, table, input_size, config.threads)
+        summary["model_ms"] = round(summary["anchor"]["original_ms"], 4)
     chosen = (_decide_budget(config, model, cases, table, input_size, summary) if budgeted
               else _decide_measured(config, cases, table))
     decided = config.without_latency()
@@ -185,6 +194,7 @@ def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[i
             decided.kept[case.name] = _reason(case, table, config.min_layer_speedup)
     summary["layers"] = {case.name: dict(table.timings[case.name]) for case in cases}
     if not budgeted:
-        saved = sum(table.timings[n][CONV] - table.timings[n][f"s{s}"] for n, s in chosen.items())
+        saved = summary["anchor"]["alpha"] * sum(table.timings[n][CONV] - table.timings[n][f"s{s}"]
+                                                 for n, s in chosen.items())
         summary["predicted_speedup"] = round(summary["model_ms"] / max(summary["model_ms"] - saved, 1e-9), 3)
     return copy.deepcopy(decided), summary

@@ -42,6 +42,7 @@ class LayerCase:
     d: int
     act: nn.Module | None = None
     s_choices: tuple[int, ...] = (2, 3, 4)
+    s_policy: int = 2  # the s Eq. 4's policy gives it
 
     def valid_s(self) -> list[int]:
         n, groups = self.conv.out_channels, self.conv.groups
