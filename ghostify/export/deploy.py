@@ -101,9 +101,8 @@ class DeployConfig:
 
 
 # The int8 deployment form (bench/int8.py): with QDQ int8 a split sum's extra Add and the identity
-# convolution are each one more quantized op with its own requantization, and no fusion removes them;
-# the zero filters that align m to fp32's NCHWc blocks are plain extra work for the int8 kernels.
-INT8_DEPLOY = DeployConfig(split_sum=False, identity_add=False, align=0)
+# convolution are each one more quantized op with its own requantization, and no fusion removes them.
+INT8_DEPLOY = DeployConfig(split_sum=False, identity_add=False)
 
 
 @dataclass
