@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from ghostify.data.calibration import DATA_SAMPLES
 from ghostify.errors import GhostifyError, InvalidValueError, QuantizationError
 from ghostify.forward import numpy_outputs
 from ghostify.runtime.session import EPS, onnx_session
@@ -150,7 +151,7 @@ def split_data(config: QuantizeConfig, input_size: Sequence[int]) -> _Data:
         raise GhostifyError(f"int8 calibration inputs have shape {tuple(x.shape[1:])} per sample, the model takes "
                             f"{size}", param="calibration_data")
     asked = config.calibration_samples
-    n = min(asked or 256, x.shape[0])
+    n = min(asked or DATA_SAMPLES, x.shape[0])
     if n < MIN_CALIBRATION_SAMPLES and (asked is None or asked > n):
         raise GhostifyError(f"only {n} calibration inputs; int8 calibration needs >= {MIN_CALIBRATION_SAMPLES} "
                             "(ask for fewer explicitly to run anyway)", param="calibration_samples")
@@ -160,6 +161,9 @@ def split_data(config: QuantizeConfig, input_size: Sequence[int]) -> _Data:
     if config.check_data is not None:
         check, check_labels = _as_pair(config.check_data)
         source = "held-out"
+        if tuple(check.shape[1:]) != size:
+            raise GhostifyError(f"int8 check inputs have shape {tuple(check.shape[1:])} per sample, the model takes "
+                                f"{size}", param="check_data")
     elif x.shape[0] > n:
         check, check_labels, source = x[n:], None if labels is None else labels[n:], "held-out"
     else:
