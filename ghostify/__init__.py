@@ -26,16 +26,19 @@ _LAZY = {
     "get_plan": "ghostify.plan",
     "deploy": "ghostify.export.deploy",
     "DeployConfig": "ghostify.export.deploy",
+    "QuantizeConfig": "ghostify.export.quantize",
     "build_report": "ghostify.report",
     "TransferConfig": "ghostify.transfer.config",
 }
 
 __all__ = ["convert", "load", "save", "load_model", "GhostConfig", "GhostModule", "ConversionPlan", "LayerPlan",
-           "get_plan", "deploy", "DeployConfig", "build_report", "TransferConfig", "GhostifyError", "__version__"]
+           "get_plan", "deploy", "DeployConfig", "QuantizeConfig", "build_report", "TransferConfig", "GhostifyError",
+           "__version__"]
 
 if TYPE_CHECKING:  # for type checkers and IDEs: the same names, eagerly
     from ghostify.conversion import convert
     from ghostify.export.deploy import DeployConfig, deploy
+    from ghostify.export.quantize import QuantizeConfig
     from ghostify.io.archive import load, save
     from ghostify.io.specs import load_model
     from ghostify.layers.ghost import GhostModule

@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 __all__ = ["GhostifyError", "InvalidValueError", "OutputExistsError", "OutputIsInputError", "UnsafeModelFileError",
-           "NothingToConvertError", "MissingWeightsError", "NeedsTorchError"]
+           "NothingToConvertError", "MissingWeightsError", "NeedsTorchError", "QuantizationError"]
 
 
 class GhostifyError(Exception):
@@ -76,3 +76,13 @@ class MissingWeightsError(GhostifyError):
 
 class NeedsTorchError(GhostifyError):
     """The call needs PyTorch, which is not installed (a deployment machine with onnxruntime only)."""
+
+
+class QuantizationError(GhostifyError):
+    """onnxruntime's quantizer cannot handle the model; ``node`` names the node where it failed (if known)."""
+
+    def __init__(self, message: str, *, node: str | None = None, keep: str | None = None) -> None:
+        hint = f"keep it in float (keep_float=[{keep!r}]) to quantize the rest" if keep else None
+        super().__init__(message, param="keep_float" if keep else None, hint=hint)
+        self.node = node
+        self.keep = keep  # the name that keeps the node in float

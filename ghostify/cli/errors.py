@@ -14,6 +14,7 @@ from ghostify.errors import (
     NeedsTorchError,
     OutputExistsError,
     OutputIsInputError,
+    QuantizationError,
     UnsafeModelFileError,
 )
 
@@ -29,6 +30,9 @@ _FLAGS = {
     "thresholds": "--min-macs-reduction/--min-params-reduction/--max-latency-ratio/--max-accuracy-drop",
     "paths": "REPORT", "trust": "--trust", "lr": "--lr", "samples": "--calib-samples",
     "latency": "--latency-aware",
+    # export --int8 (QuantizeConfig's fields)
+    "method": "--int8-method", "keep_float": "--int8-keep-float", "check_samples": "--int8-check-samples",
+    "max_rel_error": "--int8-max-rel-error", "min_agreement": "--int8-min-agreement",
 }
 # library argument -> what to do, in the command line's words (replaces the library's hint)
 _HINTS = {
@@ -71,6 +75,8 @@ def _message(exc: GhostifyError, flags: dict[str, str] | None) -> str:
         return f"{exc.message}; pass --trust only if you trust the file, since that executes code stored in it"
     if isinstance(exc, MissingWeightsError):  # the message says where to put the file; or give one
         return f"{exc.message}; or pass a local copy with --weights PATH"
+    if isinstance(exc, QuantizationError) and exc.keep:
+        return f"{exc.message}; pass --int8-keep-float {exc.keep} to quantize the rest in int8"
     if isinstance(exc, NeedsTorchError):
         return f"{exc.message}; on a machine with only onnxruntime, `ghostify bench` and `ghostify check` work"
     hint = None

@@ -31,6 +31,86 @@ def _command_line(ctx: typer.Context) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
+INT8_OPT = typer.Option(False, "--int8", help="Write a static int8 model (onnxruntime's quantizer, QDQ, per-channel "
+                        "int8 weights, uint8 activations), checked on held-out inputs instead of the parity check. "
+                        "Needs --calib. See docs/deploy.md, 'int8'.")
+CALIB_OPT = typer.Option(None, "--calib", help="int8 calibration data, as for `ghostify convert --calib`: a data "
+                         "spec (fashion-mnist:DIR, cifar10:DIR, imagefolder:DIR) or a tensor file (.safetensors, "
+                         ".npy, .pt; batch along dim 0). The samples after the calibration ones are the check's "
+                         "held-out inputs.")
+CALIB_SAMPLES_OPT = typer.Option(None, "--calib-samples", help="int8 calibration inputs (default 256; fewer than 16 "
+                                 "only when asked for).")
+KEEP_FLOAT_OPT = typer.Option(None, "--int8-keep-float", help="Keep matching nodes in float: a GLOB over ONNX node "
+                              "names and torch module names (e.g. '*cheap*'); repeat the option. Default: none.")
+METHOD_OPT = typer.Option("minmax", "--int8-method", help="Calibration method: minmax, entropy or percentile.")
+CHECK_SAMPLES_OPT = typer.Option(256, "--int8-check-samples", help="Held-out inputs the int8 check runs on.")
+MAX_REL_OPT = typer.Option(0.05, "--int8-max-rel-error", help="int8 check: largest mean|int8-fp32| / mean|fp32| of "
+                           "the outputs that passes.")
+MIN_AGREE_OPT = typer.Option(98.0, "--int8-min-agreement", help="int8 check: smallest top-1 agreement with the fp32 "
+                             "model that passes, in percent.")
+
+
+def _int8_config(loaded: Any, calib: str | None, calib_samples: int | None, keep_float: list[str] | None,
+                 method: str, check_samples: int, max_rel_error: float, min_agreement: float) -> Any:
+    """The QuantizeConfig of `export --int8`: --calib read as `convert --calib` reads it."""
+    from ghostify.data.calibration import SYNTHETIC, resolve_calibration
+    from ghostify.export.quantize import QuantizeConfig
+
+    if calib is None:
+        raise GhostifyError("--int8 needs calibration data: pass --calib DATA (e.g. --calib fashion-mnist:DIR)")
+    if calib == SYNTHETIC:
+        raise GhostifyError("--calib synthetic: int8 calibration needs real inputs (a data spec or a tensor file)")
+    if calib_samples is not None and calib_samples < 1:
+        raise GhostifyError(f"--calib-samples must be >= 1, got {calib_samples}")
+    if check_samples < 1:
+        raise GhostifyError(f"--int8-check-samples must be >= 1, got {check_samples}")
+    with err_console.status(f"reading calibration data {calib}"):
+        found = resolve_calibration(calib, loaded.model, loaded.input_size, (calib_samples or 256) + check_samples)
+    data = found.data if found.labels is None else (found.data, found.labels)
+    return QuantizeConfig(data, calibration_samples=calib_samples, check_samples=check_samples, method=method,
+                          keep_float=tuple(keep_float or ()), max_rel_error=max_rel_error, min_agreement=min_agreement)
+
+
+def _int8_line(int8: dict[str, Any]) -> str:
+    """The int8 check's figures in words."""
+    if not int8.get("checked"):
+        return "int8 check not run"
+    parts = [f"relative error {int8['rel_error']:.4f}"]
+    if int8.get("agreement") is not None:
+        parts.insert(0, f"top-1 agreement {int8['agreement']:.2f}%")
+    if int8.get("accuracy_drop") is not None:
+        parts.append(f"accuracy {int8['accuracy_fp32']:.2f}% -> {int8['accuracy_int8']:.2f}% "
+                     f"({int8['accuracy_drop']:+.2f} pt drop)")
+    return ", ".join(parts) + f" on {int8['check_samples']} {int8['check_inputs']} inputs"
+
+
+def _report_int8(onnx: Path, result: Any) -> None:
+    int8 = result.int8
+    for note in int8.get("notes", []):
+        err_console.print(f"[yellow]note:[/] {note}")
+    if int8.get("kept_float_nodes"):
+        err_console.print(f"[yellow]note:[/] kept in float: {len(int8['kept_float_nodes'])} nodes")
+    if result.passed is False:
+        where = f"{onnx} written anyway (--keep-failed)" if result.written else f"{onnx} not written"
+        error(f"int8 check failed: {'; '.join(int8['failures'])} ({_int8_line(int8)}); {where}")
+        raise typer.Exit(1)
+    console.print(f"saved [bold]{onnx}[/] ({result.size_bytes / 1e6:.1f} MB, int8 QDQ, {int8['calib_samples']} "
+                  f"calibration inputs, {int8['method']}; {_int8_line(int8)})")
+
+
+def _print_notes(result: Any, opset: int | None) -> None:
+    if result.fallback_reason:
+        err_console.print(f"[yellow]note:[/] dynamo exporter failed ({result.fallback_reason}); used TorchScript")
+    for note in result.deploy_notes:
+        err_console.print(f"[yellow]note:[/] {note}")
+    if result.compared_values == 0:
+        err_console.print("[yellow]note:[/] the parity check compared no values (every output was empty, e.g. a "
+                          "detector that found nothing above its score threshold); it says nothing")
+    if opset is not None and result.opset != opset:  # the dynamo exporter picks its own opset (18+)
+        err_console.print(f"[yellow]note:[/] asked for opset {opset}; the {result.exporter} exporter wrote opset "
+                          f"{result.opset}")
+
+
 @app.command()
 def export(
     ctx: typer.Context,
@@ -56,10 +136,19 @@ def export(
     weights: str | None = typer.Option(None, "--weights", help="Pretrained weights for a named model: a torchvision "
                                        "weight name (from torch hub's cache) or a local weights file."),
     pretrained: bool = typer.Option(False, "--pretrained", help="timm's pretrained weights (Hugging Face cache)."),
+    int8: bool = INT8_OPT,
+    calib: str | None = CALIB_OPT,
+    calib_samples: int | None = CALIB_SAMPLES_OPT,
+    int8_keep_float: list[str] | None = KEEP_FLOAT_OPT,
+    int8_method: str = METHOD_OPT,
+    int8_check_samples: int = CHECK_SAMPLES_OPT,
+    int8_max_rel_error: float = MAX_REL_OPT,
+    int8_min_agreement: float = MIN_AGREE_OPT,
 ) -> None:
     """Export a model (original or converted) to ONNX and check it against torch with onnxruntime.
 
-    Exit 1 when the outputs differ by more than --rtol (the file is then not written).
+    Exit 1 when the outputs differ by more than --rtol, or with --int8 when the int8 check fails
+    (the file is then not written).
     """
     require_torch("ghostify export")
     from ghostify.export.onnx import export_onnx
@@ -72,33 +161,32 @@ def export(
         raise GhostifyError(f"--rtol must be > 0, got {rtol}")
     if opset is not None and not 7 <= opset <= 30:
         raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
+    if not int8 and (calib is not None or calib_samples is not None or int8_keep_float):
+        raise GhostifyError("--calib, --calib-samples and --int8-keep-float apply to an int8 export; add --int8")
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust, weights=weights,
                             pretrained=pretrained)
-    inputs = [loaded.path, *existing_paths([arch, weights])]
+    inputs = [loaded.path, *existing_paths([arch, weights, calib])]
     check_output_path(onnx, inputs, force, param="onnx")
     if json_path is not None and str(json_path) != "-":
         check_output_path(json_path, inputs + [onnx], force, param="json")
+    quantize = _int8_config(loaded, calib, calib_samples, int8_keep_float, int8_method, int8_check_samples,
+                            int8_max_rel_error, int8_min_agreement) if int8 else None
     form = "deployment form" if deploy else "training form"
-    with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"):
+    with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"
+                            + (", quantizing to int8" if int8 else "")):
         result = export_onnx(loaded.model, onnx, loaded.input_size, opset=opset, dynamic_batch=dynamic_batch,
-                             deploy=deploy, check=check, rtol=rtol, exporter=exporter, keep_failed=keep_failed)
+                             deploy=deploy, check=check, rtol=rtol, exporter=exporter, keep_failed=keep_failed,
+                             quantize=quantize)
     data = {"kind": "export", "command": _command_line(ctx), "spec": spec, "weights": loaded.weights,
             **result.to_dict()}
     if json_path is not None:
         write_json(json_path, data)
     err = "" if result.max_rel_error is None else (f"max rel error {result.max_rel_error:.2e} (abs "
                                                     f"{result.max_abs_error:.2e}, rtol {result.rtol:g})")
-    if result.fallback_reason:
-        err_console.print(f"[yellow]note:[/] dynamo exporter failed ({result.fallback_reason}); used TorchScript")
-    for note in result.deploy_notes:
-        err_console.print(f"[yellow]note:[/] {note}")
-    if result.compared_values == 0:
-        err_console.print("[yellow]note:[/] the parity check compared no values (every output was empty, e.g. a "
-                          "detector that found nothing above its score threshold); it says nothing")
-    if opset is not None and result.opset != opset:  # the dynamo exporter picks its own opset (18+)
-        err_console.print(f"[yellow]note:[/] asked for opset {opset}; the {result.exporter} exporter wrote opset "
-                          f"{result.opset}")
+    _print_notes(result, opset)
+    if result.int8 is not None:
+        return _report_int8(onnx, result)
     if result.passed is False:
         where = f"{onnx} written anyway (--keep-failed)" if result.written else f"{onnx} not written"
         error(f"ONNX parity check failed: onnxruntime and torch differ, {err}; {where}")

@@ -28,6 +28,7 @@ class Calibration:
     data: Any  # inputs for ghostify.convert(calibration_data=...), or None
     synthetic: bool  # no data: distil inputs from BatchNorm statistics
     description: str  # in words, for the report ("256 images from fashion-mnist:...")
+    labels: Any = None  # the labels of a labelled data spec's images (never read by transfer)
 
 
 def resolve_calibration(spec: str, model: nn.Module, input_size: Sequence[int], samples: int | None) -> Calibration:
@@ -42,8 +43,8 @@ def resolve_calibration(spec: str, model: nn.Module, input_size: Sequence[int], 
         data = load_tensor_file(spec)
         return Calibration(data, False, f"tensors from {spec}")
     if spec.partition(":")[0].strip().lower().replace("_", "-") in (*DATA_KINDS, "fmnist", "fashionmnist"):
-        images = load_data(spec, train=True, model=model, input_size=input_size, max_samples=samples).images
-        return Calibration(images, False, f"{images.shape[0]} images from {spec}")
+        batch = load_data(spec, train=True, model=model, input_size=input_size, max_samples=samples)
+        return Calibration(batch.images, False, f"{batch.images.shape[0]} images from {spec}", batch.labels)
     kinds = ", ".join(f"{k}:DIR" for k in DATA_KINDS)
     raise GhostifyError(f"cannot read calibration data {spec!r}: give a data spec ({kinds}), a tensor file "
                         f"(.safetensors, .npy, .pt) or '{SYNTHETIC}'", param="calibration_data")

@@ -57,7 +57,7 @@ from ghostify.layers.surgery import CONV_TYPES, fold_bn, foldable, identity_conv
 from ghostify.plan import PLAN_ATTR
 from ghostify.utils import set_submodule
 
-__all__ = ["deploy", "DeployConfig", "DEPLOY_NOTES_ATTR"]
+__all__ = ["deploy", "DeployConfig", "DEPLOY_NOTES_ATTR", "INT8_DEPLOY"]
 
 DEPLOY_NOTES_ATTR = "ghostify_deploy_notes"
 
@@ -98,6 +98,11 @@ class DeployConfig:
         if unknown:
             raise TypeError(f"unknown DeployConfig fields: {sorted(unknown)}")
         return DeployConfig(**{**{f.name: getattr(self, f.name) for f in fields(self)}, **changes})
+
+
+# The int8 deployment form (bench/int8.py): with QDQ int8 a split sum's extra Add and the identity
+# convolution are each one more quantized op with its own requantization, and no fusion removes them.
+INT8_DEPLOY = DeployConfig(split_sum=False, identity_add=False)
 
 
 @dataclass

@@ -62,6 +62,8 @@ class ExportResult:
     # output values the parity check compared; 0 means it compared nothing (e.g. a detector that
     # found nothing above its score threshold): a pass then says nothing
     compared_values: int | None = None
+    # an int8 export: the settings and the int8 check's figures (which replace the parity check)
+    int8: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -214,14 +216,14 @@ def _validate(model: Any, input_size: Sequence[int], rtol: float, exporter: str)
     return size, float(rtol)
 
 
-def _target(model: nn.Module, deploy: bool) -> tuple[nn.Module, list[str]]:
+def _target(model: nn.Module, deploy: bool, config: Any = None) -> tuple[nn.Module, list[str]]:
     """The module that is exported: the deployment form, or an eval-mode copy of the training form."""
     if not deploy:
         return copy.deepcopy(model).eval(), []
     from ghostify.export.deploy import DEPLOY_NOTES_ATTR
     from ghostify.export.deploy import deploy as to_deploy
 
-    target = to_deploy(model)
+    target = to_deploy(model, config)
     return target, list(getattr(target, DEPLOY_NOTES_ATTR, []))
 
 
@@ -310,6 +312,41 @@ def _refuse_unnamed_data_file(target: nn.Module, path: Path) -> None:
                             "choose another output path", param="path")
 
 
+def _int8(exported: _Exported, model: nn.Module, quantize: Any, data: Any,
+          check: bool) -> tuple[dict[str, Any], bool | None]:
+    """Quantize the fp32 export in place (``exported.data`` becomes the int8 model) and check it."""
+    from ghostify.export.quantize import describe, int8_check, quantize_onnx
+
+    if exported.staged is not None:
+        raise GhostifyError("int8 quantization of a model over 2 GB (weights in external data) is not supported")
+    start = time.perf_counter()
+    exported.data, kept = quantize_onnx(exported.data, data.calib, quantize)
+    info = describe(quantize, kept, int(data.calib.shape[0]), time.perf_counter() - start)
+    info["notes"] = list(data.notes)
+    if not check:
+        return {**info, "checked": False}, None
+    figures = int8_check(exported.data, model, data.check, data.labels, quantize, data.check_inputs)
+    return {**info, "checked": True, **asdict(figures)}, figures.passed
+
+
+def _int8_inputs(model: nn.Module, quantize: Any, input_size: Sequence[int]) -> Any:
+    """The calibration and check inputs of an int8 export, validated before anything is exported."""
+    from ghostify.export.quantize import split_data
+
+    quantize.validate()
+    if input_convention(model) == IMAGES:
+        raise GhostifyError("int8 export takes models that read one batch tensor, not a detector's list of images")
+    return split_data(quantize, input_size)
+
+
+def _int8_deploy_config(quantize: Any) -> Any:
+    if quantize is None:
+        return None
+    from ghostify.export.deploy import INT8_DEPLOY
+
+    return quantize.deploy_config or INT8_DEPLOY
+
+
 def export_onnx(
     model: nn.Module,
     path: str | os.PathLike,
@@ -323,6 +360,7 @@ def export_onnx(
     exporter: str = "auto",
     keep_failed: bool = False,
     seed: int = 0,
+    quantize: Any = None,
 ) -> ExportResult:
     """Export ``model`` to ONNX at ``path`` and check it against torch with onnxruntime.
 
@@ -339,27 +377,36 @@ def export_onnx(
         rtol: the largest ``max_rel_error`` that passes (see :mod:`ghostify.runtime.session`).
         exporter: "auto" (dynamo, TorchScript where dynamo fails), "dynamo" or "torchscript".
         keep_failed: write the file even when the parity check fails (otherwise it is not written).
+        quantize: a :class:`ghostify.export.quantize.QuantizeConfig`: write the static int8 (QDQ)
+            model instead, checked against ``model`` on held-out inputs (top-1 agreement,
+            relative error, accuracy drop) in place of the parity check.
 
-    Returns an :class:`ExportResult`; it raises :class:`GhostifyError` only when no exporter works
-    or the input size does not fit the model. A failed parity check is reported, not raised.
+    Returns an :class:`ExportResult`; it raises :class:`GhostifyError` only when no exporter works,
+    the input size does not fit the model or (int8) the quantizer cannot handle it. A failed parity
+    or int8 check is reported, not raised.
     """
     input_size, rtol = _validate(model, input_size, rtol, exporter)
     path = Path(path)
     start = time.perf_counter()
     exported: _Exported | None = None
+    int8 = None
     with eval_mode(model):
         try:
             output = check_forward(model, input_size)  # a wrong input size is the user's error: one clear line
-            target, notes = _target(model, deploy)
+            data = _int8_inputs(model, quantize, input_size) if quantize is not None else None
+            target, notes = _target(model, deploy, _int8_deploy_config(quantize))
             target = _exportable(target, output)
             _refuse_unnamed_data_file(target, path)
             batch = 2 if dynamic_batch else 1  # torch.export specialises a batch of 1
             exported = _run_exporters(target, _example(input_size, batch, seed), path, opset, dynamic_batch, exporter)
             batches = [1, 3] if dynamic_batch else [1]
             abs_err = rel_err = values = None
-            if check:
-                abs_err, rel_err, values = _parity(exported.source, model, input_size, batches, seed)
-            passed = None if rel_err is None else bool(rel_err <= rtol)
+            if quantize is not None:
+                int8, passed = _int8(exported, model, quantize, data, check)
+            else:
+                if check:
+                    abs_err, rel_err, values = _parity(exported.source, model, input_size, batches, seed)
+                passed = None if rel_err is None else bool(rel_err <= rtol)
             written = passed is not False or keep_failed
             size = exported.size
             if written:
@@ -371,8 +418,9 @@ def export_onnx(
                         dynamic_batch=dynamic_batch, deployed=deploy, max_abs_error=abs_err,
                         max_rel_error=rel_err, rtol=rtol, passed=passed, written=written,
                         seconds=round(time.perf_counter() - start, 2), size_bytes=size,
-                        fallback_reason=exported.fallback_reason, check_batches=batches if check else [],
-                        deploy_notes=notes, compared_values=values)
+                        fallback_reason=exported.fallback_reason,
+                        check_batches=batches if check and quantize is None else [], deploy_notes=notes,
+                        compared_values=values, int8=int8)
 
 
 def _session_or_raise(data: bytes | Path) -> None:
