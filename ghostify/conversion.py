@@ -18,7 +18,7 @@ from torch import nn
 from ghostify.errors import GhostifyError, InvalidValueError, NothingToConvertError
 from ghostify.fx.rewrite import rewrite
 from ghostify.layers.ghost import GhostModule
-from ghostify.plan import PLAN_ATTR
+from ghostify.plan import PLAN_ATTR, ConversionPlan
 from ghostify.policy import GhostConfig
 
 __all__ = ["convert", "INIT_CHOICES"]
@@ -37,6 +37,16 @@ def _config(config: GhostConfig | None, s: int | None, d: int | None, include: I
     if exclude is not None:
         config.exclude = list(exclude)
     return config
+
+
+def _random_init(gm: nn.Module, plan: ConversionPlan, seed: int | None) -> None:
+    """PyTorch's default init for every converted layer (seeded when asked for)."""
+    ghosts = {name: mod for name, mod in gm.named_modules() if isinstance(mod, GhostModule)}
+    with torch.random.fork_rng(devices=[], enabled=seed is not None):
+        if seed is not None:
+            torch.manual_seed(seed)
+        for layer in plan.converted:
+            _reset(ghosts[layer.name])
 
 
 def _reset(ghost: GhostModule) -> None:
@@ -96,19 +106,17 @@ def convert(
         raise GhostifyError(f"expected a torch.nn.Module, got {type(model).__name__}")
     if inplace and init == "transfer":  # transfer reads the original convolutions after the rewrite
         raise GhostifyError("init='transfer' needs the original model intact; use inplace=False", param="inplace")
+    latency = None
+    if config.latency == "measure":
+        config, latency = _measured_policy(model, config, input_size, progress, inplace)
     gm, plan = rewrite(model, config, inplace=inplace)
     plan.init = init
     if not plan.layers:
         raise GhostifyError("the model has no convolution (nn.Conv1d/2d/3d): nothing for ghostify to convert")
     if strict and not plan.converted:
         raise NothingToConvertError("no convolution was converted (every one was left alone: see the report)")
-    ghosts = {name: mod for name, mod in gm.named_modules() if isinstance(mod, GhostModule)}
     if init == "random":
-        with torch.random.fork_rng(devices=[], enabled=seed is not None):
-            if seed is not None:
-                torch.manual_seed(seed)
-            for layer in plan.converted:
-                _reset(ghosts[layer.name])
+        _random_init(gm, plan, seed)
     else:
         from ghostify.transfer import transfer_init
 
@@ -118,5 +126,36 @@ def convert(
         transfer_init(model, gm, plan, calibration_data, transfer, input_size=input_size, progress=progress,
                       **settings)
     gm.train(model.training)
+    if latency is not None:
+        _record_latency(plan, latency)
+        from ghostify.tune import measure_speedup  # onnxruntime and the exporter: only when asked for
+
+        latency["measured"] = measure_speedup(model, gm, input_size, config.threads)
     setattr(gm, PLAN_ATTR, plan)
     return gm
+
+
+def _measured_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[int] | None,
+                     progress: Callable[[int, int, str], None] | None, inplace: bool) -> tuple[GhostConfig, dict]:
+    """The policy decided by timing each candidate on this machine (ghostify.tune)."""
+    if input_size is None:
+        raise GhostifyError("a latency-aware conversion times each layer at its real input shape: "
+                            "give input_size", param="input_size")
+    if inplace:  # the timings and the final measurement need the original model intact
+        raise GhostifyError("latency='measure' needs the original model intact; use inplace=False", param="inplace")
+    from ghostify.tune import latency_policy
+
+    return latency_policy(model, config, input_size, progress)
+
+
+def _record_latency(plan: ConversionPlan, latency: dict[str, Any]) -> None:
+    """Each measured layer's timings on its plan row, and the measured speed-up at its chosen s."""
+    for layer in plan.layers:
+        row = latency["layers"].get(layer.name)
+        if row is None:
+            continue
+        layer.latency = dict(row)
+        ghost = row.get(f"s{layer.s}") if layer.converted else None
+        if ghost:
+            layer.latency["speedup"] = round(row["conv"] / ghost, 3)
+    plan.latency = latency

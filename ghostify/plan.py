@@ -38,6 +38,9 @@ class LayerPlan:
     transfer_error: float | None = None
     transfer_fit: str | None = None
     refine: dict[str, Any] | None = None  # the refinement after the closed-form fit: steps, errors, kept
+    # the latency-aware policy (ghostify.tune): this layer's median ms as a convolution and as a
+    # Ghost module at each s tried, on onnxruntime, and the measured speed-up at the chosen s
+    latency: dict[str, Any] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -57,6 +60,7 @@ class ConversionPlan:
     init: str = "random"
     init_reason: str | None = None  # why this init ran (e.g. "the model file carries trained weights")
     transfer: dict[str, Any] | None = None  # how transfer init ran: fit, samples, seconds, output error...
+    latency: dict[str, Any] | None = None  # the latency-aware policy: table, prediction, measurement
 
     @property
     def converted(self) -> list[LayerPlan]:
@@ -69,6 +73,7 @@ class ConversionPlan:
             "init": self.init,
             "init_reason": self.init_reason,
             "transfer": self.transfer,
+            "latency": self.latency,
             "lost_optimizations": list(self.lost_optimizations),
             "layers": [layer.to_dict() for layer in self.layers],
         }

@@ -34,13 +34,39 @@ WIDTH_OPT = typer.Option(None, "--width", min=40, max=1000, help="Render the rep
                          "terminal's; 160 when not a terminal).")
 
 
-def build_config(s: int, d: int, include: list[str] | None, exclude: list[str] | None,
-                 convert_stem: bool = False, convert_depthwise: bool = False, fuse: bool = True) -> Any:
+LATENCY_OPT = typer.Option(False, "--latency-aware", help="Time every candidate layer on this machine (onnxruntime "
+                           "CPU, deployment form, real input shape; cached) and convert only where it measures faster.")
+TARGET_SPEEDUP_OPT = typer.Option(None, "--target-speedup", help="Choose s per layer (2, 3, 4 or keep) to reach this "
+                                  "measured speed-up at the least predicted accuracy cost (implies --latency-aware).")
+TARGET_MACS_OPT = typer.Option(None, "--target-macs", help="The same budget as a MACs reduction (original / Ghost).")
+THREADS_OPT = typer.Option(1, "--threads", help="onnxruntime threads for --latency-aware timings (the deployment's).")
+
+
+@dataclass
+class Policy:
+    """The policy flags, as given."""
+
+    s: int = 2
+    d: int = 3
+    include: list[str] | None = None
+    exclude: list[str] | None = None
+    convert_stem: bool = False
+    convert_depthwise: bool = False
+    fuse: bool = True
+    latency_aware: bool = False
+    target_speedup: float | None = None
+    target_macs: float | None = None
+    threads: int = 1
+
+
+def build_config(policy: Policy) -> Any:
     """The GhostConfig the policy flags describe."""
     from ghostify.policy import GhostConfig
 
-    return GhostConfig(s=s, d=d, include=include or ["*"], exclude=exclude or [],
-                       keep_stem=not convert_stem, keep_depthwise=not convert_depthwise, fuse=fuse)
+    return GhostConfig(s=policy.s, d=policy.d, include=policy.include or ["*"], exclude=policy.exclude or [],
+                       keep_stem=not policy.convert_stem, keep_depthwise=not policy.convert_depthwise,
+                       fuse=policy.fuse, latency="measure" if policy.latency_aware else None,
+                       target_speedup=policy.target_speedup, target_macs=policy.target_macs, threads=policy.threads)
 
 
 def _check_target(target: str) -> str:
@@ -122,9 +148,11 @@ def _convert(loaded: Any, config: Any, choice: _Init, calib_samples: int | None,
     from ghostify.cli.progress import progress_reporter
 
     label = "transfer init" if choice.init == "transfer" else "converting"
+    label = "timing layers, then " + label if config.latency else label
     with progress_reporter(label) as report:
+        # input_size: synthetic transfer distils inputs of that size; --latency-aware times layers at it
         ghost = ghostify.convert(loaded.model, config=config, init=choice.init, calibration_data=choice.data,
-                                 input_size=loaded.input_size if choice.synthetic else None,
+                                 input_size=loaded.input_size,
                                  calibration_samples=calib_samples, seed=seed, progress=report)
     ghostify.get_plan(ghost).init_reason = choice.reason
     return ghost
@@ -168,13 +196,18 @@ def convert(
     calib: str | None = CALIB_OPT,
     calib_samples: int | None = CALIB_SAMPLES_OPT,
     seed: int = SEED_OPT,
+    latency_aware: bool = LATENCY_OPT,
+    target_speedup: float | None = TARGET_SPEEDUP_OPT,
+    target_macs: float | None = TARGET_MACS_OPT,
+    threads: int = THREADS_OPT,
 ) -> None:
     """Convert a model and save it as a .ghost archive (reload with ghostify.load)."""
     from ghostify.io.archive import save
     from ghostify.report.render import render_report
 
     target = _check_target(target)
-    config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
+    config = build_config(Policy(s, d, include, exclude, convert_stem, convert_depthwise, fuse, latency_aware,
+                                 target_speedup, target_macs, threads))
     loaded = _load(spec, input_size=input_size, arch=arch, trust=trust, weights=weights, pretrained=pretrained)
     calib_file = calib if calib is not None and calib != "synthetic" else None
     out, inputs = _check_outputs(out, json_path, spec, loaded, s, d, [arch, calib_file, weights], force)
@@ -279,7 +312,7 @@ def analyze(
 
     target = _check_target(target)
     ss, ds = _int_list(sweep_s, "--sweep-s"), _int_list(sweep_d, "--sweep-d")
-    config = build_config(s, d, include, exclude, convert_stem, convert_depthwise, fuse)
+    config = build_config(Policy(s, d, include, exclude, convert_stem, convert_depthwise, fuse))
     if json_path is not None and str(json_path) != "-":  # never an input
         check_output_path(json_path, [Path(spec), *existing_paths([arch, weights])], force, param="json")
     human_out = _human_console(json_path, width)  # stdout holds the JSON alone with --json -
@@ -295,8 +328,8 @@ def analyze(
         return
 
     settings = [(v, d) for v in ss] + [(s, v) for v in ds]
-    _sweep(loaded, spec, settings, lambda s_i, d_i: build_config(s_i, d_i, include, exclude, convert_stem,
-                                                                 convert_depthwise, fuse), target, human_out,
+    _sweep(loaded, spec, settings, lambda s_i, d_i: build_config(Policy(s_i, d_i, include, exclude, convert_stem,
+                                                                 convert_depthwise, fuse)), target, human_out,
            json_path)
 
 

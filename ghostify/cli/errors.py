@@ -28,6 +28,7 @@ _FLAGS = {
     "latency_ratio": "--max-latency-ratio", "accuracy_drop": "--max-accuracy-drop",
     "thresholds": "--min-macs-reduction/--min-params-reduction/--max-latency-ratio/--max-accuracy-drop",
     "paths": "REPORT", "trust": "--trust", "lr": "--lr", "samples": "--calib-samples",
+    "latency": "--latency-aware",
 }
 # library argument -> what to do, in the command line's words (replaces the library's hint)
 _HINTS = {

@@ -32,7 +32,7 @@ from ghostify.forward import IMAGES, check_forward, input_convention, numpy_outp
 from ghostify.runtime.session import onnx_session, relative_error
 from ghostify.utils import atomic_write, eval_mode, first_line
 
-__all__ = ["ExportResult", "export_onnx", "DEFAULT_RTOL", "EXPORTERS"]
+__all__ = ["ExportResult", "export_onnx", "module_to_onnx", "DEFAULT_RTOL", "EXPORTERS"]
 
 DEFAULT_RTOL = 1e-4
 EXPORTERS = ("auto", "dynamo", "torchscript")
@@ -154,6 +154,20 @@ def _export_torchscript(model: nn.Module, x: torch.Tensor, opset: int | None, dy
         torch.onnx.export(model, (x,), buf, dynamo=False, opset_version=opset, input_names=["input"],
                           do_constant_folding=True, **kwargs)
     return buf.getvalue(), opset
+
+
+def module_to_onnx(module: nn.Module, x: torch.Tensor) -> bytes:
+    """One small module as ONNX bytes, unchecked (for timing a single layer).
+
+    The TorchScript exporter first: it takes a fraction of a second on one layer, where dynamo
+    takes seconds, and a table of a hundred layers adds that up.
+    """
+    try:
+        return _export_torchscript(module, x, None, False)[0]
+    except Exception:  # the TorchScript exporter is deprecated; dynamo is the fallback
+        with _quiet():
+            program = torch.onnx.export(module, (x,), dynamo=True, opset_version=18, verbose=False)
+        return program.model_proto.SerializeToString()
 
 
 def _example(input_size: Sequence[int], batch: int, seed: int) -> torch.Tensor:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ghostify.errors import GhostifyError
+from ghostify.errors import GhostifyError, InvalidValueError
 from ghostify.layers.ghost import intrinsic_channels, validate_ratio_and_kernel
 from ghostify.policy.equations import theoretical_speedup
 
@@ -55,6 +55,18 @@ class GhostConfig:
             practice: its c=3 input makes Eq. 4's speed-up small and the layer is cheap).
         keep_depthwise: leave depthwise convolutions alone: they already cost what a ghost costs.
         fuse: fold a following BatchNorm and activation into the Ghost module (paper form).
+        latency: ``"measure"`` times every candidate on this machine (onnxruntime CPU, in the
+            deployment form, at its real input shape; :mod:`ghostify.tune`) and converts a layer
+            only where its Ghost module measures faster; None decides by Eq. 4 alone.
+        target_speedup: a whole-model latency budget: choose s per layer among ``s_choices``
+            (or keep it) to reach this measured speed-up at the least predicted accuracy cost.
+        target_macs: the same budget in MACs (original / Ghost); either target implies
+            ``latency="measure"``: a layer that measures slower is never a choice.
+        s_choices: the ratios a budget may choose from.
+        threads: onnxruntime intra-op threads the timings use (the deployment's).
+        min_layer_speedup: a layer converts only above this measured speed-up.
+        cache_dir: where the timings are cached (default: :func:`ghostify.tune.cache_dir`).
+        kept: layers left alone by name, with the reason (written by the latency pass).
     """
 
     s: int = 2
@@ -66,15 +78,51 @@ class GhostConfig:
     keep_stem: bool = True
     keep_depthwise: bool = True
     fuse: bool = True
+    latency: str | None = None
+    target_speedup: float | None = None
+    target_macs: float | None = None
+    s_choices: tuple[int, ...] = (2, 3, 4)
+    threads: int = 1
+    min_layer_speedup: float = 1.0
+    cache_dir: str | None = None
+    kept: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.s, self.d = validate_ratio_and_kernel(self.s, self.d)
+        self._check_latency()
         self.include = list(self.include) or ["*"]
         self.exclude = list(self.exclude)
         for glob, setting in self.overrides.items():
             _check_setting(f"override {glob!r}", setting, self.s, self.d)
         for type_name, setting in self.type_overrides.items():
             _check_setting(f"type override {type_name!r}", setting, self.s, self.d)
+
+    def _check_latency(self) -> None:
+        if self.latency not in (None, "measure"):
+            raise InvalidValueError("latency", f"must be None or 'measure', got {self.latency!r}")
+        if self.target_speedup is not None and self.target_macs is not None:
+            raise GhostifyError("give target_speedup or target_macs, not both", param="target_speedup")
+        for name in ("target_speedup", "target_macs"):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, (int, float)) and 1.0 <= value < 1e6):
+                raise InvalidValueError(name, f"must be a number >= 1, got {value!r}")
+        if self.budgeted:
+            self.latency = "measure"
+        self.s_choices = tuple(sorted({int(v) for v in self.s_choices}))
+        for s in self.s_choices:
+            validate_ratio_and_kernel(s, self.d)
+        if not 1 <= int(self.threads) <= 1024:
+            raise InvalidValueError("threads", f"must be between 1 and 1024, got {self.threads}")
+
+    @property
+    def budgeted(self) -> bool:
+        return self.target_speedup is not None or self.target_macs is not None
+
+    def without_latency(self) -> GhostConfig:
+        """This policy decided by Eq. 4 alone (what the latency pass refines)."""
+        data = self.to_dict()
+        data.update(latency=None, target_speedup=None, target_macs=None)
+        return GhostConfig.from_dict(data)
 
     # -- QConfigMapping-style builders -------------------------------------------------------
     def set_global(self, s: int, d: int) -> GhostConfig:
@@ -140,6 +188,8 @@ class GhostConfig:
         if self.keep_stem and is_stem:
             reason = "stem reading the input image (kept by default, as in the authors' code)"
             return LayerDecision(name, False, s, d, reason)
+        if name in self.kept:
+            return LayerDecision(name, False, s, d, self.kept[name])
         s, d = self.setting_for(name, type_name)
         if s == 1:
             return LayerDecision(name, False, s, d, "s=1: a Ghost module would be the convolution itself")

@@ -75,6 +75,33 @@ def _init_line(plan: object) -> str:
     return line + (f" · {' · '.join(bits)}" if bits else "")
 
 
+def _latency_line(plan: object) -> str | None:
+    """--latency-aware: the whole model's predicted and measured speed-up side by side."""
+    info = getattr(plan, "latency", None)
+    if not info:
+        return None
+    bits = []
+    if info.get("predicted_speedup") is not None:
+        bits.append(f"predicted ×{info['predicted_speedup']:.2f}")
+    measured = info.get("measured") or {}
+    if measured.get("speedup") is not None:
+        bits.append(f"measured ×{measured['speedup']:.2f} ({measured['original_ms']:.2f} → "
+                    f"{measured['ghost_ms']:.2f} ms)")
+    target = info.get("target")
+    if target:
+        kind, goal = ("speed-up", target["speedup"]) if "speedup" in target else ("MACs", target["macs"])
+        reached = "met" if target["met"] else f"not reachable (best ×{target['predicted']:.2f})"
+        bits.append(f"target {kind} ×{goal:g} {reached}")
+    bits.append(f"onnxruntime, {info['threads']} thread(s); {info['shapes_measured']} layer shapes timed, "
+                f"{info['shapes_cached']} from the cache ({info['table_seconds']:.0f} s)")
+    return "[bold]latency-aware[/] " + " · ".join(bits)
+
+
+def _measured(row: object) -> str:
+    latency = getattr(row, "latency", None) or {}
+    return f" · measured ×{latency['speedup']:.2f}" if latency.get("speedup") is not None else ""
+
+
 @dataclass
 class _Cells:
     """One layer's figures as text (plain, no markup), shared by both layouts."""
@@ -102,7 +129,7 @@ def _cells(row: LayerRow) -> _Cells:
         return _Cells(row.name, cn, k, hw, "", "", "", _short(row.macs_before), "", _short(row.params_before),
                       f"kept: {row.reason}", False)
     ratio = row.macs_before / row.macs_after if row.macs_after else float("nan")
-    tail = f"{row.form}{' · ' + row.note if row.note else ''}{_transfer(row)}"
+    tail = f"{row.form}{' · ' + row.note if row.note else ''}{_measured(row)}{_transfer(row)}"
     return _Cells(row.name, cn, k, hw, f"{row.s},{row.d}", f"{row.r_s:.2f}", f"{row.r_c:.2f}",
                   f"{_short(row.macs_before)}→{_short(row.macs_after)}", f"{ratio:.2f}",
                   f"{_short(row.params_before)}→{_short(row.params_after)}", tail, True)
@@ -194,6 +221,9 @@ def render_report(report: Report, console: Console | None = None, layers: bool =
     console.print(f"[dim]{CONVENTION}; counted with {report.counter}; graph rewrite: {report.plan.mode}"
                   f"{escape(weights)}[/]")
     console.print(_init_line(report.plan), highlight=False)
+    latency = _latency_line(report.plan)
+    if latency is not None:
+        console.print(latency, highlight=False)
     for lost in report.plan.lost_optimizations:
         console.print(f"[yellow]note:[/] {escape(lost)}")
     for warning in report.warnings:

@@ -57,6 +57,7 @@ class LayerRow:
     transfer_error: float | None = None  # relative MSE after transfer init (see docs/transfer.md)
     transfer_fit: str | None = None  # where it was measured: "calibration"/"synthetic" maps or "weights"
     refine: dict[str, Any] | None = None  # transfer's refinement of this layer: steps, errors, kept
+    latency: dict[str, Any] | None = None  # --latency-aware: median ms per form, measured speed-up
 
 
 @dataclass
@@ -87,6 +88,7 @@ class Report:
             "init": self.plan.init,
             "init_reason": self.plan.init_reason,
             "transfer": self.plan.transfer,
+            "latency": self.plan.latency,
             "totals": self.totals,
             "layers": [dict(vars(row)) for row in self.layers],
             "lost_optimizations": list(self.plan.lost_optimizations),
@@ -159,6 +161,7 @@ def build_report(
             macs_before=macs_b, macs_after=macs_a, params_before=params_b, params_after=params_a,
             form=layer.form, fused=list(layer.fused), note=layer.note,
             transfer_error=layer.transfer_error, transfer_fit=layer.transfer_fit, refine=layer.refine,
+            latency=layer.latency,
         ))
 
     p_before, p_after = count_params(original), count_params(converted)

@@ -1,0 +1,185 @@
+"""The latency-aware policy: measure the candidates, decide per layer, predict the whole model.
+
+:func:`latency_policy` runs the rewrite once as a dry run to learn the candidates (the layers the
+policy would convert) and what follows each one, times them (:mod:`ghostify.tune.table`), and
+returns a copy of the config whose per-name settings hold the decision: a layer converts only
+where its Ghost module measured faster, at the config's s, or at the s the budget chose
+(:mod:`ghostify.tune.budget`). Every layer it keeps gets the measurement as its reason.
+"""
+
+from __future__ import annotations
+
+import copy
+import glob
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ghostify.export.onnx import export_onnx
+from ghostify.forward import example_input
+from ghostify.fx.rewrite import rewrite
+from ghostify.layers.ghost import GhostModule
+from ghostify.policy import GhostConfig
+from ghostify.policy.equations import theoretical_speedup
+from ghostify.report.counting import count_macs, forward_with_hooks
+from ghostify.runtime.latency import compare, time_onnx
+from ghostify.tune.budget import LayerChoices, LayerOption, choose, predicted, spectral_sensitivity
+from ghostify.tune.cache import LatencyCache, machine_key
+from ghostify.tune.table import CONV, LatencyTable, LayerCase, measure_table
+
+__all__ = ["latency_policy", "measure_speedup", "model_ms"]
+
+Progress = Callable[[int, int, str], None]
+MODEL_RUNS = 30
+
+
+def _input_shapes(model: nn.Module, names: Sequence[str], x: Any) -> dict[str, tuple[int, ...]]:
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def record(name: str) -> Callable[..., None]:
+        def hook(mod: nn.Module, inp: tuple, out: Any) -> None:
+            shapes.setdefault(name, tuple(inp[0].shape))
+        return hook
+
+    forward_with_hooks(model, x, {name: record(name) for name in names})
+    return shapes
+
+
+def _act(ghost: GhostModule) -> nn.Module | None:
+    act = ghost.primary_conv[2]
+    return None if isinstance(act, nn.Identity) else act
+
+
+def _cases(model: nn.Module, config: GhostConfig, input_size: Sequence[int]) -> list[LayerCase]:
+    """The layers the policy would convert, each with its input shape and following activation;
+    a budget tries every s in ``s_choices``, otherwise each layer's own s."""
+    gm, plan = rewrite(model, config.without_latency())
+    ghosts = dict(gm.named_modules())
+    modules = dict(model.named_modules())
+    names = [layer.name for layer in plan.converted]
+    with torch.no_grad():
+        shapes = _input_shapes(model, names, example_input(model, input_size))
+    cases = []
+    for layer in plan.converted:
+        if layer.name not in shapes:  # never called on this input: nothing to time
+            continue
+        s_choices = config.s_choices if config.budgeted else (layer.s,)
+        cases.append(LayerCase(layer.name, modules[layer.name], shapes[layer.name], layer.d,
+                               _act(ghosts[layer.name]), tuple(s_choices)))
+    return cases
+
+
+def model_ms(model: nn.Module, input_size: Sequence[int], threads: int, runs: int = MODEL_RUNS) -> float:
+    """Median latency of the whole model's deployment form on onnxruntime."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "model.onnx"
+        export_onnx(model, path, input_size, check=False)
+        return compare(time_onnx([path], threads=threads, runs=runs, warmup=3))["a"]["p50_ms"]
+
+
+def measure_speedup(original: nn.Module, converted: nn.Module, input_size: Sequence[int], threads: int = 1,
+                    runs: int = MODEL_RUNS) -> dict[str, Any]:
+    """Both deployment forms on onnxruntime, interleaved: medians and the median per-run speed-up."""
+    with tempfile.TemporaryDirectory() as tmp:
+        a, b = Path(tmp) / "original.onnx", Path(tmp) / "ghost.onnx"
+        export_onnx(original, a, input_size, check=False)
+        export_onnx(converted, b, input_size, check=False)
+        result = compare(time_onnx([a, b], threads=threads, runs=runs, warmup=3))
+    return {"original_ms": result["a"]["p50_ms"], "ghost_ms": result["b"]["p50_ms"],
+            "speedup": result["speedup"], "threads": threads, "runs": runs}
+
+
+def _choices(case: LayerCase, table: LatencyTable, macs: dict[str, float], min_speedup: float) -> LayerChoices:
+    row = table.timings[case.name]
+    sens = spectral_sensitivity(case.conv, case.valid_s())
+    keep_macs = macs[case.name]
+    options = [LayerOption(1, row[CONV], keep_macs, 0.0)]
+    for s in case.valid_s():
+        if (table.speedup(case.name, s) or 0.0) <= min_speedup:  # never a layer that measures slower
+            continue
+        options.append(LayerOption(s, row[f"s{s}"], keep_macs * _mac_ratio(case, s), sens[s]))
+    options.sort(key=lambda o: o.s)
+    return LayerChoices(case.name, options)
+
+
+def _mac_ratio(case: LayerCase, s: int) -> float:
+    c = case.conv
+    return 1.0 / theoretical_speedup(c.in_channels, c.kernel_size, s, case.d, c.groups)
+
+
+def _conv_macs(model: nn.Module, cases: Sequence[LayerCase], x: Any) -> dict[str, float]:
+    """Each candidate's MACs from its output size (n c/g K per output position)."""
+    out: dict[str, float] = {}
+
+    def record(case: LayerCase) -> Callable[..., None]:
+        def hook(mod: nn.Module, inp: tuple, y: torch.Tensor) -> None:
+            per_position = mod.in_channels // mod.groups * int(torch.tensor(mod.kernel_size).prod())
+            out.setdefault(case.name, float(y[0].numel() * per_position))
+        return hook
+
+    forward_with_hooks(model, x, {case.name: record(case) for case in cases})
+    return out
+
+
+def _decide_measured(config: GhostConfig, cases: Sequence[LayerCase], table: LatencyTable) -> dict[str, int]:
+    """No budget: each layer at its own s, kept where it does not measure faster."""
+    return {case.name: case.s_choices[0] for case in cases
+            if (table.speedup(case.name, case.s_choices[0]) or 0.0) > config.min_layer_speedup}
+
+
+def _decide_budget(config: GhostConfig, model: nn.Module, cases: Sequence[LayerCase], table: LatencyTable,
+                   input_size: Sequence[int], summary: dict[str, Any]) -> dict[str, int]:
+    with torch.no_grad():
+        x = example_input(model, input_size)
+        macs = _conv_macs(model, cases, x)
+    layers = [_choices(case, table, macs, config.min_layer_speedup) for case in cases]
+    if config.target_speedup is not None:
+        total = summary["model_ms"]
+        reached = choose(layers, total, config.target_speedup, use_time=True)
+        summary["target"] = {"speedup": config.target_speedup, "predicted": round(reached, 3)}
+    else:
+        total = float(count_macs(model, x).total)
+        reached = choose(layers, total, config.target_macs, use_time=False)
+        summary["target"] = {"macs": config.target_macs, "predicted": round(reached, 3)}
+    summary["target"]["met"] = reached >= summary["target"].get("speedup", summary["target"].get("macs"))
+    if "model_ms" in summary:
+        summary["predicted_speedup"] = round(predicted(layers, summary["model_ms"], use_time=True), 3)
+    return {layer.name: layer.current.s for layer in layers if layer.current.s > 1}
+
+
+def _reason(case: LayerCase, table: LatencyTable) -> str:
+    best = max(case.valid_s(), key=lambda s: table.speedup(case.name, s) or 0.0)
+    r = table.speedup(case.name, best) or 0.0
+    return f"measured {r:.2f}x at s={best} on this CPU (onnxruntime, {table.threads} thread(s))" \
+        if len(case.valid_s()) > 1 else f"measured {r:.2f}x on this CPU (onnxruntime, {table.threads} thread(s))"
+
+
+def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[int],
+                   progress: Progress | None = None) -> tuple[GhostConfig, dict[str, Any]]:
+    """A copy of ``config`` decided by measurement, and the summary of what was measured."""
+    cases = _cases(model, config, input_size)
+    cache = LatencyCache(machine_key(config.threads), config.cache_dir and Path(config.cache_dir))
+    table = measure_table(cases, config.threads, cache, progress)
+    summary: dict[str, Any] = {"threads": table.threads, "machine": table.machine, "cache": str(cache.path),
+                               "shapes_measured": table.measured, "shapes_cached": table.cached,
+                               "table_seconds": table.seconds}
+    budgeted = config.budgeted
+    if config.target_speedup is not None or not budgeted:
+        summary["model_ms"] = round(model_ms(model, input_size, config.threads), 4)
+    chosen = (_decide_budget(config, model, cases, table, input_size, summary) if budgeted
+              else _decide_measured(config, cases, table))
+    decided = config.without_latency()
+    for case in cases:
+        if case.name in chosen:
+            decided.overrides[glob.escape(case.name)] = {"s": chosen[case.name]}
+        else:
+            decided.kept[case.name] = _reason(case, table)
+    summary["layers"] = {case.name: dict(table.timings[case.name]) for case in cases}
+    if not budgeted:
+        saved = sum(table.timings[n][CONV] - table.timings[n][f"s{s}"] for n, s in chosen.items())
+        summary["predicted_speedup"] = round(summary["model_ms"] / max(summary["model_ms"] - saved, 1e-9), 3)
+    return copy.deepcopy(decided), summary

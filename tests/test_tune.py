@@ -1,0 +1,180 @@
+"""The latency-aware policy (ghostify.tune): the timing table and its cache, the budget, the decision.
+
+Timings are real where the test is about the machinery (the cache), and stubbed where it is about
+a decision, so that the decision under test does not depend on this machine's noise.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch import nn
+
+import ghostify
+from ghostify.cli import main
+from ghostify.policy import GhostConfig
+from ghostify.tune import LatencyCache, machine_key, measure_table
+from ghostify.tune import policy as tune_policy
+from ghostify.tune import table as tune_table
+from ghostify.tune.budget import LayerChoices, LayerOption, choose, spectral_sensitivity
+from ghostify.tune.table import LayerCase, variants
+
+
+def small_cnn() -> nn.Module:
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.Conv2d(16, 32, 3, padding=1), nn.BatchNorm2d(32), nn.ReLU(),  # "fast" in the stubbed table
+        nn.Conv2d(32, 32, 1), nn.BatchNorm2d(32), nn.ReLU(),  # "slow"
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 10)).eval()
+
+
+def _case(c: int = 8, n: int = 16, size: int = 8) -> LayerCase:
+    return LayerCase("conv", nn.Conv2d(c, n, 3, padding=1), (1, c, size, size), 3, nn.ReLU())
+
+
+def test_the_table_is_read_from_the_cache_on_the_next_run(tmp_path):
+    cases = [_case(), _case(8, 24)]
+    first = measure_table(cases, 1, LatencyCache(machine_key(1), tmp_path))
+    assert (first.measured, first.cached) == (2, 0)
+    row = first.timings["conv"]
+    assert set(row) == {"conv", "s2", "s3", "s4"} and all(v > 0 for v in row.values())
+    again = measure_table(cases, 1, LatencyCache(machine_key(1), tmp_path))
+    assert (again.measured, again.cached) == (0, 2) and again.timings == first.timings
+    # another thread count is another machine as far as the timings go: measured again, kept apart
+    other = LatencyCache(machine_key(2), tmp_path)
+    assert other.path != LatencyCache(machine_key(1), tmp_path).path
+    assert measure_table(cases[:1], 2, other).measured == 1
+    # a different shape of the same layer is a different key
+    assert _case(size=16).key() != _case().key()
+
+
+def test_a_damaged_cache_is_measured_again(tmp_path):
+    cache = LatencyCache(machine_key(1), tmp_path)
+    cache.path.write_text("{not json")
+    assert measure_table([_case()], 1, LatencyCache(machine_key(1), tmp_path)).measured == 1
+    assert json.loads(cache.path.read_text())["machine"] == machine_key(1)
+
+
+def test_machine_key_names_cpu_isa_runtime_and_threads():
+    key = machine_key(4, {"model": "Neoverse-N1", "arch": "aarch64", "isa": ["asimd", "asimddp"]})
+    assert key.startswith("Neoverse-N1|aarch64|asimd,asimddp|onnxruntime ") and key.endswith("|threads 4")
+
+
+def test_each_variant_is_the_layer_in_deployment_form():
+    case = _case()
+    x = torch.randn(*case.input_shape)
+    forms = variants(case)
+    assert set(forms) == {"conv", "s2", "s3", "s4"}
+    for form in forms.values():
+        assert form(x).shape == (1, 16, 8, 8)
+    assert (forms["conv"](x) >= 0).all()  # the activation that follows the layer is timed with it
+
+
+def _layer(name: str, keep_ms: float, options: list[tuple[int, float, float]]) -> LayerChoices:
+    opts = [LayerOption(1, keep_ms, keep_ms, 0.0)] + [LayerOption(s, ms, ms, sens) for s, ms, sens in options]
+    return LayerChoices(name, opts)
+
+
+def test_the_budget_takes_the_cheapest_accuracy_first():
+    robust = _layer("robust", 10.0, [(2, 6.0, 0.01), (4, 4.0, 0.05)])
+    fragile = _layer("fragile", 10.0, [(2, 6.0, 0.30), (4, 4.0, 0.60)])
+    reached = choose([robust, fragile], total=20.0, target=20.0 / 16.0)  # 4 ms to save
+    assert reached >= 1.25 and robust.current.s == 2 and fragile.current.s == 1
+    reached = choose([robust, fragile], total=20.0, target=20.0 / 12.0)  # 8 ms: the robust one goes first
+    assert reached >= 20.0 / 12.0 - 1e-9 and robust.current.s == 4
+
+
+def test_an_unreachable_budget_stops_at_the_best_it_can_do():
+    a = _layer("a", 10.0, [(2, 8.0, 0.1)])
+    slower = _layer("b", 10.0, [(2, 12.0, 0.0)])  # a Ghost module slower than its layer is never chosen
+    reached = choose([a, slower], total=20.0, target=3.0)
+    assert reached == pytest.approx(20.0 / 18.0) and slower.current.s == 1 and a.current.s == 2
+
+
+def test_spectral_sensitivity_is_zero_within_rank_and_grows_with_s():
+    conv = nn.Conv2d(4, 16, 3, bias=False)
+    with torch.no_grad():  # rank 4: m = 16/s intrinsic filters span it exactly for s <= 4
+        conv.weight.copy_((torch.randn(16, 4) @ torch.randn(4, 36)).view(16, 4, 3, 3))
+    sens = spectral_sensitivity(conv, [2, 4, 8])
+    assert sens[2] < 1e-6 and sens[4] < 1e-6 and sens[8] > 0.01
+    dense = spectral_sensitivity(nn.Conv2d(16, 32, 3), [2, 3, 4])
+    assert 0 < dense[2] < dense[3] < dense[4] < 1
+
+
+@pytest.fixture
+def stubbed_timings(monkeypatch):
+    """Layer "3" measures 2x faster as a Ghost module, layer "6" 0.8x; the model is timed at 10 ms."""
+    def fake(models, input_shape, threads):
+        fast = input_shape[1] == 16
+        return {name: 1.0 if name == "conv" else (0.5 if fast else 1.25) for name in models}
+
+    monkeypatch.setattr(tune_table, "_time_variants", fake)
+    monkeypatch.setattr(tune_policy, "model_ms", lambda *a, **k: 10.0)
+    monkeypatch.setattr(tune_policy, "measure_speedup", lambda *a, **k: {"original_ms": 10.0, "ghost_ms": 9.5,
+                                                                         "speedup": 10 / 9.5, "threads": 1, "runs": 1})
+    import ghostify.tune as tune
+
+    monkeypatch.setattr(tune, "measure_speedup", tune_policy.measure_speedup)
+
+
+def test_latency_aware_converts_only_what_measures_faster(tmp_path, stubbed_timings):
+    config = GhostConfig(latency="measure", cache_dir=str(tmp_path))
+    plan = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+    by_name = {layer.name: layer for layer in plan.layers}
+    assert by_name["3"].converted and by_name["3"].latency["speedup"] == pytest.approx(2.0)
+    assert not by_name["6"].converted and by_name["6"].reason.startswith("measured 0.80x")
+    assert plan.latency["predicted_speedup"] == pytest.approx(10 / 9.5, rel=1e-3)
+    assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.5)
+
+
+def test_a_speedup_budget_picks_s_per_layer(tmp_path, stubbed_timings):
+    config = GhostConfig(target_speedup=1.05, cache_dir=str(tmp_path))
+    assert config.latency == "measure"
+    plan = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+    assert plan.latency["target"]["met"] and [layer.name for layer in plan.converted] == ["3"]
+    out_of_reach = GhostConfig(target_speedup=3.0, cache_dir=str(tmp_path))
+    plan = ghostify.convert(small_cnn(), config=out_of_reach, input_size=(3, 16, 16)).ghostify_plan
+    assert not plan.latency["target"]["met"] and plan.latency["target"]["predicted"] < 3.0
+
+
+def test_latency_aware_needs_an_input_size():
+    with pytest.raises(ghostify.GhostifyError, match="input_size"):
+        ghostify.convert(small_cnn(), config=GhostConfig(latency="measure"))
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"latency": "guess"}, "latency must be"),
+    ({"target_speedup": 0.5}, "target_speedup must be a number >= 1"),
+    ({"target_speedup": 2.0, "target_macs": 2.0}, "not both"),
+])
+def test_bad_latency_settings_are_one_clear_error(kwargs, match):
+    with pytest.raises(ghostify.GhostifyError, match=match):
+        GhostConfig(**kwargs)
+
+
+def test_cli_latency_aware_reports_prediction_and_measurement(tmp_path, monkeypatch, stubbed_timings, capsys):
+    import ghostify.cli.convert as cli_convert
+
+    monkeypatch.setenv("GHOSTIFY_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(cli_convert, "_load", lambda spec, **kw: _loaded(kw))
+    out = tmp_path / "x.ghost"
+    rc = main(["convert", "small", "--latency-aware", "--init", "random", "--out", str(out), "--json",
+               str(tmp_path / "r.json"), "--width", "200"])
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert "latency-aware predicted ×1.05 · measured ×1.05" in captured.out
+    assert "kept: measured 0.80x" in captured.out
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["latency"]["shapes_measured"] == 2 and report["layers"][1]["latency"]["speedup"] == 2.0
+    rc = main(["convert", "small", "--target-speedup", "0.5", "--init", "random", "--out", str(out), "--force"])
+    assert rc == 2 and "--target-speedup must be a number >= 1" in capsys.readouterr().err
+
+
+def _loaded(kw):
+    from ghostify.io.specs import LoadedModel
+
+    return LoadedModel(model=small_cnn(), spec="small", kind="factory", input_size=(3, 16, 16),
+                       input_size_source="flag")
