@@ -44,6 +44,7 @@ import platform
 import shlex
 import sys
 import time
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -242,21 +243,26 @@ def run_latency_aware(args: argparse.Namespace, data: dict[str, Any]) -> None:
         print(section["note"])
         return
     extra = json.loads(args.latency_kwargs)
+    tag = args.latency_tag
     for name in args.models.split(","):
         t0 = time.time()
         torch.manual_seed(0)
         model = torchvision.models.get_model(name).eval()
-        aware = ghostify.convert(model, config=cfg_cls(s=2, d=3, latency="measure", **extra))
+        aware = ghostify.convert(model, config=cfg_cls(s=2, d=3, latency="measure", **extra),
+                                 input_size=IMAGENET_SIZE)
         plan = ghostify.get_plan(aware)
         models, meta = ghost_and_pruned(model, IMAGENET_SIZE, [], args.round_to, ghosts={"ghost-latency": aware})
         models["ghost-s2"] = ghostify.convert(model, s=2, d=3)
         meta["ghost-s2"] = {"variant": "ghost"}
+        summary = {k: v for k, v in (plan.latency or {}).items() if not isinstance(v, (list, dict)) or k == "target"}
         meta["ghost-latency"] = {"variant": "ghost-latency", "config": {"latency": "measure", **extra},
-                                 "converted": len(plan.converted), "layers": len(plan.layers)}
-        rows = measure(models, IMAGENET_SIZE, args, f"{name}-latency", args.runs)
-        section[name] = {"command": command_line(), "runs": args.runs, "threads": args.threads,
+                                 "converted": len(plan.converted), "layers": len(plan.layers),
+                                 "s_per_layer": dict(Counter(str(x.s) for x in plan.converted)), "policy": summary,
+                                 "convert_s": round(time.time() - t0, 1)}
+        rows = measure(models, IMAGENET_SIZE, args, f"{name}-{tag}", args.runs)
+        section[f"{name}:{tag}"] = {"command": command_line(), "runs": args.runs, "threads": args.threads,
                          "wall_s": round(time.time() - t0, 1), "rows": {k: {**meta[k], **v} for k, v in rows.items()}}
-        print_rows(name, section[name]["rows"])
+        print_rows(name, section[f"{name}:{tag}"]["rows"])
 
 
 # --------------------------------------------------------------------------------------------- Fashion-MNIST
@@ -302,9 +308,20 @@ def fmnist_ratios(base: nn.Module, args: argparse.Namespace) -> dict[tuple[int, 
     return out
 
 
+def latency_ghost(base: nn.Module, s: int, args: argparse.Namespace, **kw: Any) -> nn.Module:
+    """The latency-aware policy at s: a layer converts only where its Ghost module measures faster here."""
+    cfg = latency_config()(s=s, d=3, latency="measure", **json.loads(args.latency_kwargs))
+    return ghostify.convert(base, config=cfg, input_size=FMNIST_SIZE, **kw).eval()
+
+
 def run_fmnist_latency(args: argparse.Namespace, data: dict[str, Any]) -> None:
     base = fmnist_baseline(args, data)
     models, meta = ghost_and_pruned(base, FMNIST_SIZE, args.s, args.fmnist_round_to)
+    if latency_config() is not None:
+        for s in args.s:
+            models[f"ghost-lat-s{s}"] = latency_ghost(base, s, args)
+            meta[f"ghost-lat-s{s}"] = {"variant": "ghost-lat", "s": s, "latency_kwargs": args.latency_kwargs,
+                                       "converted": len(ghostify.get_plan(models[f"ghost-lat-s{s}"]).converted)}
     rows = measure(models, FMNIST_SIZE, args, "fmnist", args.fmnist_runs)
     data.setdefault("fmnist", {})["latency"] = {
         "command": command_line(), "runs": args.fmnist_runs, "warmup": args.warmup, "threads": args.threads,
@@ -331,21 +348,25 @@ def distill(student: nn.Module, base: nn.Module, train: Any, test: Any, args: ar
             seed: int) -> dict[str, Any]:
     """The KD budgets of ``bench/transfer_fmnist.py``: one epoch, with a test at step ``--steps``."""
     steps_per_epoch = len(train) // 32
-    cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, seed=seed)
+    cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, seed=seed, lr=args.lr)
     t0 = time.time()
     res = finetune(student, base, train, test, cfg, device="cpu")
     ev = {r["event"]: r for r in res.history if r["event"] in ("start", "eval")}
     return {f"after_{args.steps}_steps": ev["eval"]["student_acc"], "after_1_epoch": res.student_acc,
-            "distill_steps": res.steps, "distill_s": round(time.time() - t0, 1)}
+            "distill_steps": res.steps, "lr": args.lr, "distill_s": round(time.time() - t0, 1)}
 
 
 def fmnist_student(method: str, s: int, r: int | None, base: nn.Module, calib: torch.Tensor, test: Any,
-                   ratios: dict[tuple[int, int], float]) -> tuple[nn.Module, dict]:
+                   ratios: dict[tuple[int, int], float], args: argparse.Namespace) -> tuple[nn.Module, dict]:
     """The student before distillation (pruned: channels in multiples of ``r``), and its zero-shot figures."""
     t0 = time.time()
     row: dict[str, Any] = {"method": method, "s": s}
-    if method == "ghost":
-        student = ghostify.convert(base, s=s, d=3, init="transfer", calibration_data=calib).eval()
+    if method.startswith("ghost"):
+        if method == "ghost-lat":
+            student = latency_ghost(base, s, args, init="transfer", calibration_data=calib)
+            row["converted"] = len(ghostify.get_plan(student).converted)
+        else:
+            student = ghostify.convert(base, s=s, d=3, init="transfer", calibration_data=calib).eval()
         row["zero_shot"] = evaluate(student, test, 1000, "cpu")
     else:
         ratio = ratios[s, r]
@@ -361,7 +382,7 @@ def fmnist_jobs(args: argparse.Namespace, ratios: dict[tuple[int, int], float]) 
     jobs, seen = [], set()
     for m in args.methods.split(","):
         for s in args.s:
-            for r in [None] if m == "ghost" else args.fmnist_round_to:
+            for r in [None] if m.startswith("ghost") else args.fmnist_round_to:
                 key = (m, r, None if r is None else ratios[s, r])
                 if key[2] is None or key not in seen:
                     jobs.append((m, s, r))
@@ -377,11 +398,11 @@ def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
     for seed in args.seeds:
         calib = calibration_batch(train, args.calib_samples, seed)
         for method, s, r in fmnist_jobs(args, ratios):
-            student, row = fmnist_student(method, s, r, base, calib, test, ratios)
+            student, row = fmnist_student(method, s, r, base, calib, test, ratios, args)
             if not args.zero_shot_only:
                 row.update(distill(student, base, train, test, args, seed))
             row["command"] = command_line()
-            variant = f"ghost-s{s}" if r is None else f"{method}-r{r}-s{s}"
+            variant = f"{method}-s{s}" if r is None else f"{method}-r{r}-s{s}"
             section.setdefault(variant, {})[str(seed)] = row
             print(json.dumps({"variant": variant, "seed": seed, **row}), flush=True)
             save(args, data)  # a piece killed half-way keeps what it finished
@@ -453,13 +474,16 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-kwargs", default="{}", help="JSON: extra GhostConfig arguments of the latency row")
     ap.add_argument("--fmnist-round-to", default="1", help="pruned channels of the Fashion-MNIST CNN in multiples "
                     "of these (1: exact MAC match; 8 gives one model for s=3 and 4 at widths 16-64)")
+    ap.add_argument("--latency-tag", default="measure", help="name of the latency-aware row (one per --latency-kwargs)")
     ap.add_argument("--data", default=FMNIST)
     ap.add_argument("--train-samples", type=int, default=20000)
     ap.add_argument("--test-samples", type=int, default=5000)
     ap.add_argument("--calib-samples", type=int, default=256)
     ap.add_argument("--steps", type=int, default=200)
+    ap.add_argument("--lr", type=float, default=0.02, help="distillation peak lr, the same for every student")
     ap.add_argument("--seeds", default="0,1,2")
-    ap.add_argument("--methods", default="ghost," + ",".join(CRITERIA), help="ghost and/or pruning criteria")
+    ap.add_argument("--methods", default="ghost," + ",".join(CRITERIA),
+                    help="ghost, ghost-lat (the latency-aware policy) and/or pruning criteria")
     ap.add_argument("--zero-shot-only", action="store_true")
     ap.add_argument("--work", default="/tmp/ghostify-vs-pruning", help="ONNX files and the cached baseline")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_pruning.json"))
