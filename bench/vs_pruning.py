@@ -361,7 +361,10 @@ def fmnist_student(method: str, s: int, r: int | None, base: nn.Module, calib: t
     """The student before distillation (pruned: channels in multiples of ``r``), and its zero-shot figures."""
     t0 = time.time()
     row: dict[str, Any] = {"method": method, "s": s}
-    if method.startswith("ghost"):
+    if method == "unpruned":  # the ratio-0 end of the pruning curve, distilled by the same recipe
+        student = copy.deepcopy(base).eval()
+        row["zero_shot"] = evaluate(student, test, 1000, "cpu")
+    elif method.startswith("ghost"):
         if method == "ghost-lat":
             student = latency_ghost(base, s, args, init="transfer", calibration_data=calib)
             row["converted"] = len(ghostify.get_plan(student).converted)
@@ -381,8 +384,8 @@ def fmnist_jobs(args: argparse.Namespace, ratios: dict[tuple[int, int], float]) 
     """(method, s, round_to) to run; a pruned model that another s already gave (coarse rounding) is skipped."""
     jobs, seen = [], set()
     for m in args.methods.split(","):
-        for s in args.s:
-            for r in [None] if m.startswith("ghost") else args.fmnist_round_to:
+        for s in [0] if m == "unpruned" else args.s:
+            for r in [None] if m.startswith("ghost") or m == "unpruned" else args.fmnist_round_to:
                 key = (m, r, None if r is None else ratios[s, r])
                 if key[2] is None or key not in seen:
                     jobs.append((m, s, r))
@@ -402,7 +405,7 @@ def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
             if not args.zero_shot_only:
                 row.update(distill(student, base, train, test, args, seed))
             row["command"] = command_line()
-            variant = f"{method}-s{s}" if r is None else f"{method}-r{r}-s{s}"
+            variant = "unpruned" if method == "unpruned" else f"{method}-s{s}" if r is None else f"{method}-r{r}-s{s}"
             section.setdefault(variant, {})[str(seed)] = row
             print(json.dumps({"variant": variant, "seed": seed, **row}), flush=True)
             save(args, data)  # a piece killed half-way keeps what it finished
@@ -483,7 +486,8 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.02, help="distillation peak lr, the same for every student")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default="ghost," + ",".join(CRITERIA),
-                    help="ghost, ghost-lat (the latency-aware policy) and/or pruning criteria")
+                    help="ghost, ghost-lat (the latency-aware policy), pruning criteria, unpruned (the baseline "
+                    "through the same distillation: the ratio-0 end of the pruning curve)")
     ap.add_argument("--zero-shot-only", action="store_true")
     ap.add_argument("--work", default="/tmp/ghostify-vs-pruning", help="ONNX files and the cached baseline")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_pruning.json"))

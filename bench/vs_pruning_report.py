@@ -30,8 +30,8 @@ def fmnist_summary(fm: dict[str, Any]) -> dict[str, dict[str, Any]]:
     for variant, seeds in sorted(fm.get("accuracy", {}).items()):
         rows = list(seeds.values())
         method, s, r = rows[0]["method"], rows[0]["s"], rows[0].get("round_to")
-        ghost = method.startswith("ghost")
-        key = f"{method}-s{s}" if ghost else f"pruned@ghost-s{s}-r{r}"
+        ghost = method.startswith("ghost") or method == "unpruned"
+        key = "original" if method == "unpruned" else f"{method}-s{s}" if ghost else f"pruned@ghost-s{s}-r{r}"
         entry: dict[str, Any] = {"method": method if ghost else f"{method}-r{r}", "s": int(s),
                                  "latency_row": key, **{
             k: lat.get(key, {}).get(k) for k in ("latency_ms", "speedup", "macs", "mac_reduction", "params")}}
@@ -63,8 +63,9 @@ def _at_latency(pruned: list[tuple[float, float]], base: tuple[float, float] | N
         fastest = min(pruned)
         return fastest[1], f"faster than every pruned model (fastest {fastest[0] * 1e3:.1f} µs)"
     if x >= front[-1][0]:
-        where = "the baseline" if base and front[-1] == base else f"the pruned model at {front[-1][0] * 1e3:.1f} µs"
-        return front[-1][1], f"{where} is faster and at least as accurate"
+        if base and front[-1] == base:
+            return base[1], "the baseline: faster and more accurate"
+        return front[-1][1], f"the pruned model at {front[-1][0] * 1e3:.1f} µs: faster and more accurate"
     return float(np.interp(x, [p[0] for p in front], [p[1] for p in front])), "interpolated"
 
 
@@ -73,7 +74,9 @@ def fmnist_bars(fm: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[
     base_lat = fm.get("latency", {}).get("rows", {}).get("original", {}).get("latency_ms")
     base_acc = fm.get("baseline", {}).get("test_acc")
     ghosts = {v: e for v, e in summary.items() if e["method"].startswith("ghost") and e["latency_ms"] is not None}
-    criteria = sorted({e["method"] for e in summary.values() if not e["method"].startswith("ghost")})
+    criteria = sorted({e["method"] for e in summary.values()
+                       if not e["method"].startswith("ghost") and e["method"] != "unpruned"})
+    unpruned = summary.get("unpruned", {})
     rows, met = [], True
     for gname, g in sorted(ghosts.items()):
         for m in METRICS:
@@ -85,10 +88,11 @@ def fmnist_bars(fm: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[
                        if e["method"] == c and m in e and e["latency_ms"] is not None]
                 if not pts:
                     continue
-                base = (base_lat, base_acc) if base_lat is not None and base_acc is not None else None
+                acc0 = unpruned[m]["mean"] if m in unpruned else base_acc  # the baseline through the same budget
+                base = (base_lat, acc0) if base_lat is not None and acc0 is not None else None
                 acc, where = _at_latency(pts, base, g["latency_ms"])
                 if best is None or acc > best[1]:
-                    best = ("baseline (unpruned)" if where.startswith("the baseline") else c, acc, where)
+                    best = ("unpruned" if where.startswith("the baseline") else c, acc, where)
             if best is None:
                 continue
             ok = g[m]["mean"] >= best[1]
@@ -102,7 +106,8 @@ def fmnist_bars(fm: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[
 def _pm(e: dict[str, Any] | None) -> str:
     if not e:
         return "–"
-    return f"{e['mean']:.2f} ({e['min']:.2f}–{e['max']:.2f})" if e["n"] > 1 else f"{e['mean']:.2f}"
+    seeds = "" if e["n"] >= 3 else f", {e['n']} seed{'s' if e['n'] > 1 else ''}"
+    return f"{e['mean']:.2f} ({e['min']:.2f}–{e['max']:.2f}{seeds})" if e["n"] > 1 else f"{e['mean']:.2f}{seeds}"
 
 
 def latency_table(lat: dict[str, Any]) -> list[str]:
@@ -184,7 +189,8 @@ def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path) -> 
             x = [e["latency_ms"] * 1e3 for e in es]
             y = [e[m]["mean"] for e in es]
             err = [[e[m]["mean"] - e[m]["min"] for e in es], [e[m]["max"] - e[m]["mean"] for e in es]]
-            label = {"ghost": "ghostify (transfer)", "ghost-lat": "ghostify latency-aware (transfer)"}.get(
+            label = {"ghost": "ghostify (transfer)", "ghost-lat": "ghostify latency-aware (transfer)",
+                     "unpruned": "baseline, same distillation"}.get(
                 method, f"Torch-Pruning {method}")
             ax.errorbar(x, y, yerr=err, marker="*" if method.startswith("ghost") else "o", capsize=3, label=label)
             for e, xi, yi in zip(es, x, y, strict=True):
