@@ -79,6 +79,28 @@ def train_baseline(model: nn.Module, data, epochs: int, batch: int, lr: float, s
     model.eval()
 
 
+def test_split(spec: str, samples: int | None, seed: int):
+    """The test set, or a fixed ``samples``-image subset of it (the same for every figure)."""
+    test = open_data(spec, train=False, input_size=(1, 28, 28))
+    return test.subset(samples, seed) if samples is not None else test
+
+
+def calibration_batch(train, samples: int, seed: int) -> torch.Tensor:
+    """``samples`` unlabeled training images (labels are never read), disjoint seed from the order."""
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(seed + 1))
+    return torch.stack([train[i][0] for i in order[:samples].tolist()])
+
+
+def kd_config(*, steps: int, steps_per_epoch: int, epochs: int = 1, max_steps: int | None = None,
+              batch_size: int = 32, lr: float = 0.02, seed: int = 0, feature_weight: float = 0.0) -> FinetuneConfig:
+    """The distillation recipe: KD T=4, alpha=0.9, SGD, warm-up + cosine over ``epochs``, a test at ``steps``."""
+    return FinetuneConfig(epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+                          lr=lr, optimizer="sgd", temperature=4.0, alpha=0.9, seed=seed,
+                          feature_weight=feature_weight,
+                          eval_at_steps=[steps], schedule_steps=steps_per_epoch * epochs, log_every=10 ** 9,
+                          eval_batch_size=1000, evaluate_teacher=False)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--full", action="store_true", help="full training set, 1-epoch runs at every s (GPU)")
@@ -129,14 +151,9 @@ def main() -> None:
     distill_train = train
     if args.distill_samples is not None:
         distill_train = full_train if args.distill_samples == 0 else full_train.subset(args.distill_samples, args.seed)
-    test = open_data(args.data, train=False, input_size=(1, 28, 28))
-    test_samples = args.test_samples if args.test_samples is not None else (None if full else 5000)
-    if test_samples is not None:
-        test = test.subset(test_samples, args.seed)
-    # calibration: unlabeled training images (labels are never read), disjoint seed from the order
-    calib = torch.stack([train[i][0] for i in
-                         torch.randperm(len(train), generator=torch.Generator().manual_seed(args.seed + 1))
-                         [:args.calib_samples].tolist()])
+    test = test_split(args.data, args.test_samples if args.test_samples is not None else (None if full else 5000),
+                      args.seed)
+    calib = calibration_batch(train, args.calib_samples, args.seed)
 
     torch.manual_seed(args.seed)
     base = vgg_small(widths)
@@ -181,11 +198,9 @@ def main() -> None:
                 continue
             lr = args.lr if (init == "random" or args.lr_transfer is None) else args.lr_transfer
             epochs = args.distill_epochs if one_epoch else 1
-            cfg = FinetuneConfig(epochs=epochs, max_steps=None if one_epoch else args.steps, batch_size=args.batch_size,
-                                 lr=lr, optimizer="sgd", temperature=4.0, alpha=0.9, seed=args.seed,
-                                 feature_weight=args.feature_weight,
-                                 eval_at_steps=[args.steps], schedule_steps=steps_per_epoch * epochs, log_every=10 ** 9,
-                                 eval_batch_size=1000, evaluate_teacher=False)
+            cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, epochs=epochs,
+                            max_steps=None if one_epoch else args.steps, batch_size=args.batch_size, lr=lr,
+                            seed=args.seed, feature_weight=args.feature_weight)
             t1 = time.time()
             res = finetune(ghost, base, distill_train, test, cfg, device=args.device)
             ft_s = time.time() - t1
