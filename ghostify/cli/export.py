@@ -111,6 +111,18 @@ def _print_notes(result: Any, opset: int | None) -> None:
                           f"{result.opset}")
 
 
+def _check_flags(onnx: Path, rtol: float, opset: int | None, int8: bool, int8_flags: bool) -> None:
+    """The export flags that are wrong on their own, before anything is loaded."""
+    if onnx.suffix.lower() != ".onnx":
+        raise GhostifyError(f"--onnx {onnx}: the output should end in .onnx")
+    if not rtol > 0:
+        raise GhostifyError(f"--rtol must be > 0, got {rtol}")
+    if opset is not None and not 7 <= opset <= 30:
+        raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
+    if not int8 and int8_flags:
+        raise GhostifyError("--calib, --calib-samples and --int8-keep-float apply to an int8 export; add --int8")
+
+
 @app.command()
 def export(
     ctx: typer.Context,
@@ -155,14 +167,7 @@ def export(
     from ghostify.io.specs import load_model
     from ghostify.utils import check_output_path, existing_paths
 
-    if onnx.suffix.lower() != ".onnx":
-        raise GhostifyError(f"--onnx {onnx}: the output should end in .onnx")
-    if not rtol > 0:
-        raise GhostifyError(f"--rtol must be > 0, got {rtol}")
-    if opset is not None and not 7 <= opset <= 30:
-        raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
-    if not int8 and (calib is not None or calib_samples is not None or int8_keep_float):
-        raise GhostifyError("--calib, --calib-samples and --int8-keep-float apply to an int8 export; add --int8")
+    _check_flags(onnx, rtol, opset, int8, calib is not None or calib_samples is not None or bool(int8_keep_float))
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust, weights=weights,
                             pretrained=pretrained)
