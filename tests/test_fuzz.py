@@ -213,7 +213,8 @@ def test_input_size_parser_raises_only_ghostify_error(value):
         size = parse_input_size(value)
     except GhostifyError:
         return
-    assert size is None or (len(size) == 3 and all(isinstance(v, int) and v >= 1 for v in size))
+    # L, C,L, C,H,W or C,T,H,W: 1 to 4 positive integers
+    assert size is None or (1 <= len(size) <= 4 and all(isinstance(v, int) and v >= 1 for v in size))
 
 
 JSON = st.recursive(
