@@ -81,7 +81,7 @@ def main() -> None:
         raise SystemExit(f"{FMNIST} missing: apt-get install -y dataset-fashion-mnist")
     load = round(os.getloadavg()[0], 2)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = [run_one(m, f"fashion-mnist:{FMNIST}", Path(tmp)) for m in args.models.split(",")]
+        rows = [run_one(m, f"fashion-mnist:{FMNIST}", Path(tmp)) for m in args.models.split(",") if m]
         rows += [run_one(m, "synthetic", Path(tmp)) for m in args.synthetic.split(",") if m]
     command = shlex.join(["python", *sys.argv]).replace(str(ROOT) + "/", "")
     for row in rows:

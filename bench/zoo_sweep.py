@@ -544,10 +544,7 @@ def markdown(result: dict[str, Any]) -> str:
         "| suite | models | pass | converted, shape kept | with Ghost modules | ONNX ok / checked |",
         "|---|---|---|---|---|---|",
     ]
-    for suite, s in result["summary"].items():
-        lines.append(f"| {suite} | {s['models']} | {s['pass']} ({100 * s['pass_share']:.1f}%) | "
-                     f"{s['converted_shape_kept']} | {s['with_ghost_modules']} | "
-                     f"{s['onnx_ok']} / {s['onnx_checked']} |")
+    lines += [_summary_row(suite, s) for suite, s in result["summary"].items()]
     for suite, s in result["summary"].items():
         if s["no_eligible_conv"]:
             lines += ["", f"{suite}: no eligible convolution (nothing for the default policy to convert; the only"
@@ -563,6 +560,12 @@ def markdown(result: dict[str, Any]) -> str:
               "|---|---|---|---|---|---|---|---|---|---|"]
     lines += [_table_row(r, task=False) for r in rows]
     return "\n".join(lines) + "\n"
+
+
+def _summary_row(name: str, s: dict) -> str:
+    """One suite's (or task's) row of a summary table."""
+    return (f"| {name} | {s['models']} | {s['pass']} ({100 * s['pass_share']:.1f}%) | "
+            f"{s['converted_shape_kept']} | {s['with_ghost_modules']} | {s['onnx_ok']} / {s['onnx_checked']} |")
 
 
 def _table_row(r: dict, task: bool) -> str:
@@ -619,10 +622,7 @@ def tasks_markdown(result: dict[str, Any]) -> str:
         "| task | models | pass | converted, output kept | with Ghost modules | ONNX ok / checked |",
         "|---|---|---|---|---|---|",
     ]
-    for task, s in result["summary"].items():
-        lines.append(f"| {task} | {s['models']} | {s['pass']} ({100 * s['pass_share']:.1f}%) | "
-                     f"{s['converted_shape_kept']} | {s['with_ghost_modules']} | "
-                     f"{s['onnx_ok']} / {s['onnx_checked']} |")
+    lines += [_summary_row(task, s) for task, s in result["summary"].items()]
     for task, s in result["summary"].items():
         if s["failing"]:
             lines += ["", f"{task}: failing the bar:", ""] + [f"- `{m}`: {why}" for m, why in s["failing"].items()]
