@@ -150,3 +150,11 @@ def test_an_int8_report_without_labels_has_no_accuracy_figure(tmp_path):
     path.write_text(json.dumps({"kind": "export", "int8": {"agreement": 99.0, "accuracy_drop": None}}))
     with pytest.raises(GhostifyError, match="no figure to gate on"):
         read_figures(path)
+
+
+def test_reduce_range_only_where_x86_kernels_lack_vnni():
+    from ghostify.export.quantize import needs_reduce_range
+
+    assert needs_reduce_range(["sse4_2", "avx", "avx2", "fma"])  # AVX2 only: 16-bit pair sums can saturate
+    assert not needs_reduce_range(["avx2", "avx512f", "avx512_vnni"])
+    assert not needs_reduce_range(["avx2", "avx_vnni"])

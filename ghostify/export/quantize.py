@@ -61,6 +61,9 @@ class QuantizeConfig:
     calibration_samples: inputs to calibrate on; fewer than 16 only when set explicitly.
     method: the calibration method, one of ``CALIBRATION_METHODS``.
     per_channel: one weight scale per output channel (else per tensor).
+    reduce_range: 7-bit weights, so that uint8 x int8 products cannot saturate the 16-bit
+        accumulators of x86 kernels without VNNI (None: on when this CPU is such a one, where the
+        check runs; see :func:`needs_reduce_range`).
     keep_float: GLOBs of nodes (node names, or torch module names) left in float.
     max_rel_error: the largest ``mean|int8-fp32| / mean|fp32|`` of the outputs that passes.
     min_agreement: the smallest top-1 agreement with the fp32 model that passes, in percent.
@@ -73,6 +76,7 @@ class QuantizeConfig:
     check_samples: int = 256
     method: str = "minmax"
     per_channel: bool = True
+    reduce_range: bool | None = None
     keep_float: Sequence[str] = ()
     max_rel_error: float = 0.05
     min_agreement: float = 98.0
@@ -277,6 +281,23 @@ def _preprocess(src: Path, dst: Path, proto: Any) -> None:
         raise _raise_for_node(exc, proto, "pre-processing (shape inference)") from exc
 
 
+def needs_reduce_range(isa: Sequence[str] | None = None) -> bool:
+    """True on x86 without VNNI: there onnxruntime's uint8 x int8 kernels (AVX2/AVX-512 pmaddubsw) add
+    pairs of products in 16 bits, which full-range weights can saturate."""
+    if isa is None:
+        from ghostify.runtime.cpu import cpu_info
+
+        info = cpu_info()
+        if info.get("arch") not in ("x86_64", "AMD64", "i686"):
+            return False
+        isa = info.get("isa", [])
+    return not any(flag in isa for flag in ("avx512_vnni", "avx_vnni"))
+
+
+def resolved_reduce_range(config: QuantizeConfig) -> bool:
+    return needs_reduce_range() if config.reduce_range is None else config.reduce_range
+
+
 def quantize_onnx(source: bytes | str | Path, calib: np.ndarray, config: QuantizeConfig) -> tuple[bytes, list[str]]:
     """The int8 QDQ model (serialized) of the fp32 ONNX ``source``, and the nodes kept in float."""
     import onnx
@@ -296,6 +317,7 @@ def quantize_onnx(source: bytes | str | Path, calib: np.ndarray, config: Quantiz
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs warnings at the root logger
         try:
             quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=config.per_channel,
+                            reduce_range=resolved_reduce_range(config),
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                             calibrate_method=methods[config.method], nodes_to_exclude=kept,
                             extra_options={"OpTypesToExcludeOutputQuantization": _output_ops(pre_proto)})
@@ -354,7 +376,8 @@ def int8_check(int8: bytes | str | Path, model: nn.Module, x: np.ndarray, labels
 def describe(config: QuantizeConfig, kept: list[str], n_calib: int, seconds: float) -> dict[str, Any]:
     """The settings the JSON records next to the check's figures."""
     return {"calib_samples": n_calib, "method": config.method, "per_channel": config.per_channel,
-            "weights": "int8", "activations": "uint8", "format": "QDQ", "keep_float": list(config.keep_float),
+            "reduce_range": resolved_reduce_range(config), "weights": "int8", "activations": "uint8",
+            "format": "QDQ", "keep_float": list(config.keep_float),
             "kept_float_nodes": kept, "max_rel_error": config.max_rel_error, "min_agreement": config.min_agreement,
             "quantize_seconds": round(seconds, 2)}
 
