@@ -17,11 +17,15 @@ ratios against the original timed in the same run.
 
 Fashion-MNIST accuracy (the CPU budget mode of ``bench/transfer_fmnist.py``: 20,000 training images,
 baseline 3 epochs, a fixed 5,000-image test subset, KD T=4 alpha=0.9 SGD lr 0.02 batch 32, warm-up +
-cosine over one epoch of 625 steps; "200 steps" is step 200 of that run, for both methods):
+cosine fitted to each budget: a run of 200 steps, and a run of one epoch (625 steps); the epoch run's
+test at step 200, mid-schedule near the peak LR, is kept as ``epoch_run_at_step_200``):
 zero-shot (Ghost: ``init="transfer"`` with 256 calibration images; pruned as-is and after
 BatchNorm re-estimation on the same 256 images), after 200 KD steps and after 1 epoch; the pruned
 students start from the BN-re-estimated weights. Mean over seeds (calibration set, Taylor batch, KD
-order) with min..max; one baseline (seed 0) is the teacher of every run.
+order) with min..max; one baseline (seed 0) is the teacher of every run. Besides the pruned models at
+each Ghost model's MACs, ``--fmnist-extra`` adds pruned models at given ratios (default: the uniform
+round_to 8 and 16 models nearest the baseline), so that the pruning front between the baseline and
+s=2 is measured, not interpolated across.
 
 Needs Torch-Pruning (``pip install 'ghostify[compare]'``). The work is split into pieces so that each
 holds the shared benchmark lock briefly; each piece updates its part of the JSON:
@@ -220,7 +224,7 @@ def run_latency(args: argparse.Namespace, data: dict[str, Any]) -> None:
         models, meta = ghost_and_pruned(model, IMAGENET_SIZE, args.s, args.round_to)
         rows = measure(models, IMAGENET_SIZE, args, name, args.runs)
         data.setdefault("latency", {})[name] = {
-            "command": command_line(), "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
+            **provenance(), "runs": args.runs, "warmup": args.warmup, "threads": args.threads,
             "input_size": list(IMAGENET_SIZE), "wall_s": round(time.time() - t0, 1),
             "rows": {k: {**meta[k], **v} for k, v in rows.items()}}
         print_rows(name, data["latency"][name]["rows"])
@@ -260,7 +264,7 @@ def run_latency_aware(args: argparse.Namespace, data: dict[str, Any]) -> None:
                                  "s_per_layer": dict(Counter(str(x.s) for x in plan.converted)), "policy": summary,
                                  "convert_s": round(time.time() - t0, 1)}
         rows = measure(models, IMAGENET_SIZE, args, f"{name}-{tag}", args.runs)
-        section[f"{name}:{tag}"] = {"command": command_line(), "runs": args.runs, "threads": args.threads,
+        section[f"{name}:{tag}"] = {**provenance(), "runs": args.runs, "threads": args.threads,
                          "wall_s": round(time.time() - t0, 1), "rows": {k: {**meta[k], **v} for k, v in rows.items()}}
         print_rows(name, section[f"{name}:{tag}"]["rows"])
 
@@ -290,7 +294,7 @@ def fmnist_baseline(args: argparse.Namespace, data: dict[str, Any]) -> nn.Module
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     data.setdefault("fmnist", {})["baseline"] = {
-        "command": command_line(), "model": "vgg_small (bench/transfer_fmnist.py)", "epochs": 3, "seed": 0,
+        **provenance(), "model": "vgg_small (bench/transfer_fmnist.py)", "epochs": 3, "seed": 0,
         "train_samples": len(train), "test_samples": len(test), "train_s": round(time.time() - t0, 1),
         "test_acc": evaluate(model, test, 1000, "cpu"), "params": count_params(model),
         "macs": macs(model, FMNIST_SIZE)}
@@ -308,6 +312,11 @@ def fmnist_ratios(base: nn.Module, args: argparse.Namespace) -> dict[tuple[int, 
     return out
 
 
+def extra_row(r: int, ratio: float) -> str:
+    """The latency row of a pruned model given by its ratio (``--fmnist-extra``), not matched to a Ghost model."""
+    return f"pruned@p{ratio:g}-r{r}"
+
+
 def latency_ghost(base: nn.Module, s: int, args: argparse.Namespace, **kw: Any) -> nn.Module:
     """The latency-aware policy at s: a layer converts only where its Ghost module measures faster here."""
     cfg = latency_config()(s=s, d=3, latency="measure", **json.loads(args.latency_kwargs))
@@ -317,6 +326,10 @@ def latency_ghost(base: nn.Module, s: int, args: argparse.Namespace, **kw: Any) 
 def run_fmnist_latency(args: argparse.Namespace, data: dict[str, Any]) -> None:
     base = fmnist_baseline(args, data)
     models, meta = ghost_and_pruned(base, FMNIST_SIZE, args.s, args.fmnist_round_to)
+    for r, ratio in args.fmnist_extra:
+        models[extra_row(r, ratio)] = prune(base, FMNIST_SIZE, ratio, r)
+        meta[extra_row(r, ratio)] = {"variant": "pruned", "matches": None, "round_to": r, "pruning_ratio": ratio,
+                                     "criterion": "any (uniform ratio: same architecture)"}
     if latency_config() is not None:
         for s in args.s:
             models[f"ghost-lat-s{s}"] = latency_ghost(base, s, args)
@@ -324,7 +337,7 @@ def run_fmnist_latency(args: argparse.Namespace, data: dict[str, Any]) -> None:
                                        "converted": len(ghostify.get_plan(models[f"ghost-lat-s{s}"]).converted)}
     rows = measure(models, FMNIST_SIZE, args, "fmnist", args.fmnist_runs)
     data.setdefault("fmnist", {})["latency"] = {
-        "command": command_line(), "runs": args.fmnist_runs, "warmup": args.warmup, "threads": args.threads,
+        **provenance(), "runs": args.fmnist_runs, "warmup": args.warmup, "threads": args.threads,
         "rows": {k: {**meta[k], **v} for k, v in rows.items()}}
     print_rows("fmnist", data["fmnist"]["latency"]["rows"])
 
@@ -346,18 +359,28 @@ def bn_reestimate(model: nn.Module, images: torch.Tensor, batch: int = 64) -> nn
 
 def distill(student: nn.Module, base: nn.Module, train: Any, test: Any, args: argparse.Namespace,
             seed: int) -> dict[str, Any]:
-    """The KD budgets of ``bench/transfer_fmnist.py``: one epoch, with a test at step ``--steps``."""
+    """The two KD budgets, each a run of its own with its LR schedule fitted to it: ``--steps`` steps, one epoch.
+
+    The epoch run also records its test at step ``--steps``: mid-schedule, near the peak LR, which is
+    not what a user with a ``--steps`` budget would run (kept to show the difference).
+    """
     steps_per_epoch = len(train) // 32
-    cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, seed=seed, lr=args.lr)
     t0 = time.time()
+    short = finetune(copy.deepcopy(student), base, train, test,
+                     kd_config(steps=args.steps, steps_per_epoch=args.steps, max_steps=args.steps, seed=seed,
+                               lr=args.lr), device="cpu")
+    t1 = time.time()
+    cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, seed=seed, lr=args.lr)
     res = finetune(student, base, train, test, cfg, device="cpu")
     ev = {r["event"]: r for r in res.history if r["event"] in ("start", "eval")}
-    return {f"after_{args.steps}_steps": ev["eval"]["student_acc"], "after_1_epoch": res.student_acc,
-            "distill_steps": res.steps, "lr": args.lr, "distill_s": round(time.time() - t0, 1)}
+    return {f"after_{args.steps}_steps": short.student_acc, "steps_budget_run": short.steps,
+            f"epoch_run_at_step_{args.steps}": ev["eval"]["student_acc"], "after_1_epoch": res.student_acc,
+            "distill_steps": res.steps, "lr": args.lr, "distill_s": round(time.time() - t1, 1),
+            "distill_budget_s": round(t1 - t0, 1)}
 
 
-def fmnist_student(method: str, s: int, r: int | None, base: nn.Module, calib: torch.Tensor, test: Any,
-                   ratios: dict[tuple[int, int], float], args: argparse.Namespace) -> tuple[nn.Module, dict]:
+def fmnist_student(method: str, s: int, r: int | None, ratio: float | None, base: nn.Module, calib: torch.Tensor,
+                   test: Any, args: argparse.Namespace) -> tuple[nn.Module, dict]:
     """The student before distillation (pruned: channels in multiples of ``r``), and its zero-shot figures."""
     t0 = time.time()
     row: dict[str, Any] = {"method": method, "s": s}
@@ -372,7 +395,6 @@ def fmnist_student(method: str, s: int, r: int | None, base: nn.Module, calib: t
             student = ghostify.convert(base, s=s, d=3, init="transfer", calibration_data=calib).eval()
         row["zero_shot"] = evaluate(student, test, 1000, "cpu")
     else:
-        ratio = ratios[s, r]
         student = prune(base, FMNIST_SIZE, ratio, r, method, batch=calib)
         row.update(pruning_ratio=ratio, round_to=r, zero_shot_as_is=evaluate(student, test, 1000, "cpu"))
         row["zero_shot"] = evaluate(bn_reestimate(student, calib), test, 1000, "cpu")  # after BN re-estimation
@@ -380,16 +402,20 @@ def fmnist_student(method: str, s: int, r: int | None, base: nn.Module, calib: t
     return student, row
 
 
-def fmnist_jobs(args: argparse.Namespace, ratios: dict[tuple[int, int], float]) -> list[tuple[str, int, int | None]]:
-    """(method, s, round_to) to run; a pruned model that another s already gave (coarse rounding) is skipped."""
+def fmnist_jobs(args: argparse.Namespace, ratios: dict[tuple[int, int], float]
+                ) -> list[tuple[str, int, int | None, float | None]]:
+    """(method, s, round_to, ratio) to run: Ghost models at each s; pruned ones at each Ghost model's MACs (one
+    that another s already gave, by coarse rounding, skipped) and at the ``--fmnist-extra`` ratios (s = 0)."""
     jobs, seen = [], set()
     for m in args.methods.split(","):
-        for s in [0] if m == "unpruned" else args.s:
-            for r in [None] if m.startswith("ghost") or m == "unpruned" else args.fmnist_round_to:
-                key = (m, r, None if r is None else ratios[s, r])
-                if key[2] is None or key not in seen:
-                    jobs.append((m, s, r))
-                seen.add(key)
+        if m == "unpruned" or m.startswith("ghost"):
+            jobs += [(m, s, None, None) for s in ([0] if m == "unpruned" else args.s)]
+            continue
+        matched = [(s, r, ratios[s, r]) for s in args.s for r in args.fmnist_round_to]
+        for s, r, ratio in matched + [(0, r, ratio) for r, ratio in args.fmnist_extra]:
+            if (m, r, ratio) not in seen:
+                jobs.append((m, s, r, ratio))
+            seen.add((m, r, ratio))
     return jobs
 
 
@@ -400,12 +426,15 @@ def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
     section = data.setdefault("fmnist", {}).setdefault("accuracy", {})
     for seed in args.seeds:
         calib = calibration_batch(train, args.calib_samples, seed)
-        for method, s, r in fmnist_jobs(args, ratios):
-            student, row = fmnist_student(method, s, r, base, calib, test, ratios, args)
+        for method, s, r, ratio in fmnist_jobs(args, ratios):
+            student, row = fmnist_student(method, s, r, ratio, base, calib, test, args)
             if not args.zero_shot_only:
                 row.update(distill(student, base, train, test, args, seed))
-            row["command"] = command_line()
-            variant = "unpruned" if method == "unpruned" else f"{method}-s{s}" if r is None else f"{method}-r{r}-s{s}"
+            row.update(provenance())
+            if s == 0 and r is not None:  # a --fmnist-extra model: named by its ratio
+                row["latency_row"] = extra_row(r, ratio)
+            variant = ("unpruned" if method == "unpruned" else f"{method}-s{s}" if r is None
+                       else f"{method}-r{r}-p{ratio:g}" if s == 0 else f"{method}-r{r}-s{s}")
             section.setdefault(variant, {})[str(seed)] = row
             print(json.dumps({"variant": variant, "seed": seed, **row}), flush=True)
             save(args, data)  # a piece killed half-way keeps what it finished
@@ -422,6 +451,11 @@ def print_rows(title: str, rows: dict[str, dict[str, Any]]) -> None:
 
 def command_line() -> str:
     return ".venv/bin/python " + " ".join(shlex.quote(a) for a in ["bench/vs_pruning.py", *sys.argv[1:]])
+
+
+def provenance() -> dict[str, Any]:
+    """What each piece records beside its figures: its command line and the CPU it ran on."""
+    return {"command": command_line(), "cpu": cpu_info()}
 
 
 def environment() -> dict[str, Any]:
@@ -477,6 +511,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--latency-kwargs", default="{}", help="JSON: extra GhostConfig arguments of the latency row")
     ap.add_argument("--fmnist-round-to", default="1", help="pruned channels of the Fashion-MNIST CNN in multiples "
                     "of these (1: exact MAC match; 8 gives one model for s=3 and 4 at widths 16-64)")
+    ap.add_argument("--fmnist-extra", default="8:0.01,16:0.01",
+                    help="pruned models at these round_to:ratio pairs besides the MAC-matched ones (points of "
+                    "the pruning front between the baseline and s=2; '' for none)")
     ap.add_argument("--latency-tag", default="measure", help="name of the latency-aware row (one per --latency-kwargs)")
     ap.add_argument("--data", default=FMNIST)
     ap.add_argument("--train-samples", type=int, default=20000)
@@ -497,8 +534,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
         ap.error(f"unknown piece(s) {sorted(bad)}; choose from {', '.join(PIECES)}")
     args.s = [int(v) for v in args.s.split(",")]
     args.round_to = [int(v) for v in args.round_to.split(",")]
-    args.fmnist_round_to = [int(v) for v in args.fmnist_round_to.split(",")]
+    args.fmnist_round_to = [int(v) for v in args.fmnist_round_to.split(",") if v]  # '': the extras only
     args.seeds = [int(v) for v in args.seeds.split(",")]
+    args.fmnist_extra = [(int(r), float(p)) for r, p in (v.split(":") for v in args.fmnist_extra.split(",") if v)]
     return args
 
 
