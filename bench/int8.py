@@ -72,7 +72,8 @@ def export(model: nn.Module, path: Path, size: tuple[int, ...], quantize: Quanti
     out = {"path": path.name, "size_bytes": res.size_bytes, "seconds": res.seconds}
     if res.int8 is not None:
         keep = ("agreement", "rel_error", "accuracy_fp32", "accuracy_int8", "accuracy_drop", "check_samples",
-                "check_inputs", "passed", "failures", "calib_samples", "method", "keep_float", "quantize_seconds")
+                "check_inputs", "passed", "failures", "calib_samples", "method", "reduce_range", "keep_float",
+                "quantize_seconds")
         out["int8"] = {k: res.int8.get(k) for k in keep}
         out["int8"]["kept_float_nodes"] = len(res.int8["kept_float_nodes"])
     else:
