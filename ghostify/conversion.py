@@ -18,7 +18,7 @@ from torch import nn
 from ghostify.errors import GhostifyError, InvalidValueError, NothingToConvertError
 from ghostify.fx.rewrite import rewrite
 from ghostify.layers.ghost import GhostModule
-from ghostify.plan import PLAN_ATTR, ConversionPlan
+from ghostify.plan import PLAN_ATTR, ConversionPlan, attach
 from ghostify.policy import GhostConfig
 
 __all__ = ["convert", "INIT_CHOICES"]
@@ -130,7 +130,7 @@ def convert(
     gm.train(model.training)
     if latency is not None:
         _record_latency(plan, latency)
-    setattr(gm, PLAN_ATTR, plan)
+    attach(gm, PLAN_ATTR, plan)
     return gm
 
 

@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-__all__ = ["LayerPlan", "ConversionPlan", "PLAN_ATTR", "get_plan"]
+__all__ = ["LayerPlan", "ConversionPlan", "PLAN_ATTR", "get_plan", "attach"]
 
 PLAN_ATTR = "ghostify_plan"
+# torch.fx's GraphModule.__deepcopy__ rebuilds the module and keeps only the attributes named here
+_FX_PRESERVED = "_user_preserved_attributes"
 
 
 @dataclass
@@ -77,6 +79,14 @@ class ConversionPlan:
             "lost_optimizations": list(self.lost_optimizations),
             "layers": [layer.to_dict() for layer in self.layers],
         }
+
+
+def attach(model: Any, name: str, value: Any) -> None:
+    """Set ``model.<name> = value`` so that it survives ``copy.deepcopy`` (a GraphModule drops other attributes)."""
+    setattr(model, name, value)
+    meta = getattr(model, "meta", None)
+    if isinstance(meta, dict):
+        meta.setdefault(_FX_PRESERVED, {})[name] = value
 
 
 def get_plan(model: Any) -> ConversionPlan | None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -199,3 +201,15 @@ def test_every_convolution_gets_a_row_even_when_not_traced():
     rows = {layer.name: layer for layer in plan.layers}
     assert list(rows) == ["stem", "body", "aux"]
     assert "not called by the traced forward" in rows["aux"].reason
+
+
+def test_a_deep_copy_keeps_the_plan_and_the_deploy_notes():
+    # GraphModule.__deepcopy__ rebuilds the module: the plan must survive it (feature distillation,
+    # the report and the archive read it from copies, e.g. the student of a second fine-tuning run)
+    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1))
+    ghost = ghostify.convert(net, s=2, d=3)
+    twin = copy.deepcopy(ghost)
+    assert [layer.name for layer in ghostify.get_plan(twin).converted] == ["3"]
+    assert ghostify.get_plan(twin) is not ghostify.get_plan(ghost)  # a copy, not shared state
+    deployed = copy.deepcopy(ghostify.deploy(ghost))
+    assert ghostify.get_plan(deployed) is not None and deployed.ghostify_deploy_notes == []

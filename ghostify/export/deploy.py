@@ -54,7 +54,7 @@ from ghostify.fx.patterns import (
 from ghostify.fx.trace import trace
 from ghostify.layers.ghost import FuseOptions, GhostModule
 from ghostify.layers.surgery import CONV_TYPES, fold_bn, foldable, identity_conv, plain_conv, slice_conv
-from ghostify.plan import PLAN_ATTR
+from ghostify.plan import PLAN_ATTR, attach
 from ghostify.utils import set_submodule
 
 __all__ = ["deploy", "DeployConfig", "DEPLOY_NOTES_ATTR", "INT8_DEPLOY"]
@@ -451,7 +451,7 @@ def deploy(model: nn.Module, config: DeployConfig | None = None, *, align: int |
     except Exception as exc:  # untraceable: Ghost modules folded in place, concat kept
         out = _swap_in_place(work, config)
         notes.append(f"fx could not trace the model ({type(exc).__name__}); Ghost modules keep their concat")
-        setattr(out, DEPLOY_NOTES_ATTR, notes)
+        attach(out, DEPLOY_NOTES_ATTR, notes)
         return out.eval()
     want: dict[str, list[torch.Tensor]] = {}
     for _ in range(4):  # each pass may find convolutions a later Add wants split; rarely more than 2
@@ -465,7 +465,7 @@ def deploy(model: nn.Module, config: DeployConfig | None = None, *, align: int |
     gm.recompile()
     gm.delete_all_unused_submodules()
     notes += builder.notes
-    setattr(gm, DEPLOY_NOTES_ATTR, notes)
+    attach(gm, DEPLOY_NOTES_ATTR, notes)
     if hasattr(model, PLAN_ATTR):
-        setattr(gm, PLAN_ATTR, getattr(model, PLAN_ATTR))
+        attach(gm, PLAN_ATTR, getattr(model, PLAN_ATTR))
     return gm.eval()
