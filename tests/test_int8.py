@@ -113,17 +113,21 @@ def test_a_model_the_quantizer_cannot_handle_names_the_node(tmp_path):
     assert res.written and res.int8["kept_float_nodes"]
 
 
-def test_cli_int8_export_on_labelled_data_and_the_accuracy_gate(tmp_path, capsys):
+def test_cli_int8_export_on_labelled_data_and_the_accuracy_gate(tmp_path, capsys, monkeypatch):
+    from ghostify.export import quantize
+
+    monkeypatch.setattr(quantize, "needs_reduce_range", lambda isa=None: False)  # as on a VNNI CPU
     model = tmp_path / "cnn.pt"
     torch.save(_cnn(1), model)
     out, report = tmp_path / "cnn.int8.onnx", tmp_path / "export.json"
     code = main(["export", str(model), "--input-size", "1,28,28", "--onnx", str(out), "--int8", "--calib",
                  "fashion-mnist", "--calib-samples", "16", "--int8-check-samples", "48", "--int8-min-agreement", "50",
-                 "--json", str(report)])
+                 "--int8-reduce-range", "--json", str(report)])  # exporting for a CPU without VNNI
     assert code == 0, capsys.readouterr().err
     data = json.loads(report.read_text())
     int8 = data["int8"]
     assert int8["calib_samples"] == 16 and int8["check_samples"] == 48 and "--int8" in data["command"]
+    assert int8["reduce_range"] is True  # the flag wins over this CPU's choice
     assert int8["accuracy_drop"] == pytest.approx(int8["accuracy_fp32"] - int8["accuracy_int8"])
     assert read_figures(report)["accuracy_drop"] == pytest.approx(int8["accuracy_drop"])
     assert main(["check", str(report), "--max-accuracy-drop", "100"]) == 0
@@ -136,6 +140,7 @@ def test_cli_int8_usage_errors(tmp_path, capsys):
     calib = tmp_path / "calib.npy"
     np.save(calib, np.full((4, *SIZE), np.nan, dtype=np.float32))
     cases = [(["--int8"], "needs calibration data"), (["--calib", str(calib)], "add --int8"),
+             (["--int8-full-range"], "add --int8"),
              (["--int8", "--calib", str(calib), "--calib-samples", "4"], "non-finite"),
              (["--int8", "--calib", str(calib), "--int8-method", "kl"], "--int8-method must be one of")]
     for extra, message in cases:

@@ -48,10 +48,14 @@ MAX_REL_OPT = typer.Option(0.05, "--int8-max-rel-error", help="int8 check: large
                            "the outputs that passes.")
 MIN_AGREE_OPT = typer.Option(98.0, "--int8-min-agreement", help="int8 check: smallest top-1 agreement with the fp32 "
                              "model that passes, in percent.")
+REDUCE_RANGE_OPT = typer.Option(None, "--int8-reduce-range/--int8-full-range", help="7-bit or 8-bit int8 weights "
+                                "(default: 7-bit where this CPU is x86 without VNNI, whose 16-bit pair sums 8-bit "
+                                "weights saturate). Set it when the model will run on another kind of CPU.")
 
 
 def _int8_config(loaded: Any, calib: str | None, calib_samples: int | None, keep_float: list[str] | None,
-                 method: str, check_samples: int, max_rel_error: float, min_agreement: float) -> Any:
+                 method: str, check_samples: int, max_rel_error: float, min_agreement: float,
+                 reduce_range: bool | None) -> Any:
     """The QuantizeConfig of `export --int8`: --calib read as `convert --calib` reads it."""
     from ghostify.data.calibration import SYNTHETIC, resolve_calibration
     from ghostify.export.quantize import QuantizeConfig
@@ -68,7 +72,8 @@ def _int8_config(loaded: Any, calib: str | None, calib_samples: int | None, keep
         found = resolve_calibration(calib, loaded.model, loaded.input_size, (calib_samples or 256) + check_samples)
     data = found.data if found.labels is None else (found.data, found.labels)
     return QuantizeConfig(data, calibration_samples=calib_samples, check_samples=check_samples, method=method,
-                          keep_float=tuple(keep_float or ()), max_rel_error=max_rel_error, min_agreement=min_agreement)
+                          keep_float=tuple(keep_float or ()), max_rel_error=max_rel_error, min_agreement=min_agreement,
+                          reduce_range=reduce_range)
 
 
 def _int8_line(int8: dict[str, Any]) -> str:
@@ -120,7 +125,8 @@ def _check_flags(onnx: Path, rtol: float, opset: int | None, int8: bool, int8_fl
     if opset is not None and not 7 <= opset <= 30:
         raise GhostifyError(f"--opset must be between 7 and 30, got {opset}")
     if not int8 and int8_flags:
-        raise GhostifyError("--calib, --calib-samples and --int8-keep-float apply to an int8 export; add --int8")
+        raise GhostifyError("--calib, --calib-samples, --int8-keep-float and --int8-reduce-range/--int8-full-range "
+                            "apply to an int8 export; add --int8")
 
 
 @app.command()
@@ -156,6 +162,7 @@ def export(
     int8_check_samples: int = CHECK_SAMPLES_OPT,
     int8_max_rel_error: float = MAX_REL_OPT,
     int8_min_agreement: float = MIN_AGREE_OPT,
+    int8_reduce_range: bool | None = REDUCE_RANGE_OPT,
 ) -> None:
     """Export a model (original or converted) to ONNX and check it against torch with onnxruntime.
 
@@ -167,7 +174,8 @@ def export(
     from ghostify.io.specs import load_model
     from ghostify.utils import check_output_path, existing_paths
 
-    _check_flags(onnx, rtol, opset, int8, calib is not None or calib_samples is not None or bool(int8_keep_float))
+    _check_flags(onnx, rtol, opset, int8, calib is not None or calib_samples is not None or bool(int8_keep_float)
+                 or int8_reduce_range is not None)
     with err_console.status(f"loading {spec}"):
         loaded = load_model(spec, input_size=input_size, arch=arch, trust=trust, weights=weights,
                             pretrained=pretrained)
@@ -176,7 +184,7 @@ def export(
     if json_path is not None and str(json_path) != "-":
         check_output_path(json_path, inputs + [onnx], force, param="json")
     quantize = _int8_config(loaded, calib, calib_samples, int8_keep_float, int8_method, int8_check_samples,
-                            int8_max_rel_error, int8_min_agreement) if int8 else None
+                            int8_max_rel_error, int8_min_agreement, int8_reduce_range) if int8 else None
     form = "deployment form" if deploy else "training form"
     with err_console.status(f"exporting {spec} ({form}, input {','.join(map(str, loaded.input_size))})"
                             + (", quantizing to int8" if int8 else "")):
