@@ -25,7 +25,9 @@ students start from the BN-re-estimated weights. Mean over seeds (calibration se
 order) with min..max; one baseline (seed 0) is the teacher of every run. Besides the pruned models at
 each Ghost model's MACs, ``--fmnist-extra`` adds pruned models at given ratios (default: the uniform
 round_to 8 and 16 models nearest the baseline), so that the pruning front between the baseline and
-s=2 is measured, not interpolated across.
+s=2 is measured, not interpolated across. ``--methods ghost-feat`` distills the Ghost students with the
+per-layer feature term as well (``--feature-weight``; a pruned student has other widths than the
+teacher, so it cannot have that term).
 
 Needs Torch-Pruning (``pip install 'ghostify[compare]'``). The work is split into pieces so that each
 holds the shared benchmark lock briefly; each piece updates its part of the JSON:
@@ -358,25 +360,27 @@ def bn_reestimate(model: nn.Module, images: torch.Tensor, batch: int = 64) -> nn
 
 
 def distill(student: nn.Module, base: nn.Module, train: Any, test: Any, args: argparse.Namespace,
-            seed: int) -> dict[str, Any]:
+            seed: int, feature_weight: float = 0.0) -> dict[str, Any]:
     """The two KD budgets, each a run of its own with its LR schedule fitted to it: ``--steps`` steps, one epoch.
 
     The epoch run also records its test at step ``--steps``: mid-schedule, near the peak LR, which is
     not what a user with a ``--steps`` budget would run (kept to show the difference).
+    ``feature_weight`` > 0 adds the per-layer feature term (Ghost students only: see ``ghost-feat``).
     """
     steps_per_epoch = len(train) // 32
     t0 = time.time()
     short = finetune(copy.deepcopy(student), base, train, test,
                      kd_config(steps=args.steps, steps_per_epoch=args.steps, max_steps=args.steps, seed=seed,
-                               lr=args.lr), device="cpu")
+                               lr=args.lr, feature_weight=feature_weight), device="cpu")
     t1 = time.time()
-    cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, seed=seed, lr=args.lr)
+    cfg = kd_config(steps=args.steps, steps_per_epoch=steps_per_epoch, seed=seed, lr=args.lr,
+                    feature_weight=feature_weight)
     res = finetune(student, base, train, test, cfg, device="cpu")
     ev = {r["event"]: r for r in res.history if r["event"] in ("start", "eval")}
     return {f"after_{args.steps}_steps": short.student_acc, "steps_budget_run": short.steps,
             f"epoch_run_at_step_{args.steps}": ev["eval"]["student_acc"], "after_1_epoch": res.student_acc,
-            "distill_steps": res.steps, "lr": args.lr, "distill_s": round(time.time() - t1, 1),
-            "distill_budget_s": round(t1 - t0, 1)}
+            "distill_steps": res.steps, "lr": args.lr, "feature_weight": feature_weight,
+            "distill_s": round(time.time() - t1, 1), "distill_budget_s": round(t1 - t0, 1)}
 
 
 def fmnist_student(method: str, s: int, r: int | None, ratio: float | None, base: nn.Module, calib: torch.Tensor,
@@ -429,8 +433,11 @@ def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
         for method, s, r, ratio in fmnist_jobs(args, ratios):
             student, row = fmnist_student(method, s, r, ratio, base, calib, test, args)
             if not args.zero_shot_only:
-                row.update(distill(student, base, train, test, args, seed))
+                weight = args.feature_weight if method == "ghost-feat" else 0.0
+                row.update(distill(student, base, train, test, args, seed, weight))
             row.update(provenance())
+            if method == "ghost-feat":  # the architecture of ghost-s{s}: its latency row
+                row["latency_row"] = f"ghost-s{s}"
             if s == 0 and r is not None:  # a --fmnist-extra model: named by its ratio
                 row["latency_row"] = extra_row(r, ratio)
             variant = ("unpruned" if method == "unpruned" else f"{method}-s{s}" if r is None
@@ -523,8 +530,13 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--lr", type=float, default=0.02, help="distillation peak lr, the same for every student")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default="ghost," + ",".join(CRITERIA),
-                    help="ghost, ghost-lat (the latency-aware policy), pruning criteria, unpruned (the baseline "
-                    "through the same distillation: the ratio-0 end of the pruning curve)")
+                    help="ghost, ghost-lat (the latency-aware policy), ghost-feat (ghost distilled with the "
+                    "per-layer feature term), pruning criteria, unpruned (the baseline through the same "
+                    "distillation: the ratio-0 end of the pruning curve)")
+    ap.add_argument("--feature-weight", type=float, default=0.3,
+                    help="ghost-feat: weight of the feature term (each Ghost module pulled towards the output of "
+                    "the convolution it replaced; a pruned layer has other widths than the teacher's, so no "
+                    "pruned student can have it)")
     ap.add_argument("--zero-shot-only", action="store_true")
     ap.add_argument("--work", default="/tmp/ghostify-vs-pruning", help="ONNX files and the cached baseline")
     ap.add_argument("--out", default=str(ROOT / "bench" / "results" / "vs_pruning.json"))

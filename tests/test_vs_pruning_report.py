@@ -55,8 +55,11 @@ def test_bars_use_the_extra_pruned_points_and_report_per_ghost_model() -> None:
     assert row["pruned_acc_at_latency"] == pytest.approx(80 + 8 * (1.0 / 1.5))
     assert row["ghost_ge_pruned"] and bars["met_by_ghost_model"] == {"ghost-s2": True}
     fm["accuracy"]["ghost-s2"]["0"]["after_1_epoch"] = 85.0  # now below the front after 1 epoch
-    bars = fmnist_bars(fm, fmnist_summary(fm))
-    assert not bars["met"] and bars["met_by_ghost_model"] == {"ghost-s2": False}
+    fm["accuracy"]["ghost-feat-s2"] = {"0": _row("ghost-feat", 2, 86.0, latency_row="ghost-s2")}
+    summary = fmnist_summary(fm)
+    assert summary["ghost-feat-s2"]["latency_ms"] == 3.0  # another recipe: the s=2 model's latency
+    bars = fmnist_bars(fm, summary)
+    assert not bars["met"] and bars["met_by_ghost_model"] == {"ghost-feat-s2": True, "ghost-s2": False}
 
 
 def test_jobs_skip_a_repeated_pruned_model_and_add_the_extras() -> None:
