@@ -161,6 +161,7 @@ def _measured_choice(model: nn.Module, gm: nn.Module, plan: ConversionPlan, conf
         return gm, plan
     latency["choice"] = (f"Eq. 4's policy: measured x{anchor['speedup']:.2f} whole, the per-layer choice "
                          f"x{latency['measured']['speedup']:.2f}")
+    latency["per_layer_measured"] = latency["measured"]  # what the prediction was for
     latency["measured"] = {k: anchor[k] for k in ("original_ms", "ghost_ms", "speedup", "threads", "runs")}
     gm, plan = rewrite(model, config.without_latency())
     return gm, plan

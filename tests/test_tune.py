@@ -152,6 +152,12 @@ def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timing
     plan = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
     assert plan.latency["choice"].startswith("Eq. 4's policy") and len(plan.converted) == 2
     assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.0)
+    assert plan.latency["per_layer_measured"]["speedup"] == pytest.approx(10 / 9.8)
+    from ghostify.report.render import _latency_line
+
+    line = _latency_line(plan)  # the prediction is the per-layer choice's: both models are named
+    assert "per-layer choice predicted" in line and "measured ×1.02" in line
+    assert "Eq. 4's model, kept: every candidate converted, measured ×1.11" in line
 
 
 def test_a_speedup_budget_picks_s_per_layer(tmp_path, stubbed_timings):

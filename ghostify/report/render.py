@@ -81,11 +81,14 @@ def _latency_line(plan: object) -> str | None:
     if not info:
         return None
     bits = []
+    per_layer = info.get("per_layer_measured")  # set when Eq. 4's whole model measured faster
     if info.get("predicted_speedup") is not None:
-        bits.append(f"predicted ×{info['predicted_speedup']:.2f}")
+        bits.append(("per-layer choice " if per_layer else "") + f"predicted ×{info['predicted_speedup']:.2f}"
+                    + (f", measured ×{per_layer['speedup']:.2f}" if per_layer else ""))
     measured = info.get("measured") or {}
     if measured.get("speedup") is not None:
-        bits.append(f"measured ×{measured['speedup']:.2f} ({measured['original_ms']:.2f} → "
+        bits.append(("Eq. 4's model, kept: every candidate converted, " if per_layer else "")
+                    + f"measured ×{measured['speedup']:.2f} ({measured['original_ms']:.2f} → "
                     f"{measured['ghost_ms']:.2f} ms)")
     target = info.get("target")
     if target:
