@@ -136,6 +136,26 @@ def test_latency_aware_converts_only_what_measures_faster(tmp_path, stubbed_timi
     assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.5) and plan.latency["choice"] == "per layer"
 
 
+def test_the_whole_model_calibration_is_cached_so_a_budget_decides_the_same_way_again(tmp_path, stubbed_timings,
+                                                                                      monkeypatch):
+    anchors = iter([9.0, 9.9])  # a second anchor run would calibrate (and so choose) differently
+
+    def measured(original, converted, *a, **k):
+        ms = next(anchors) if converted is not None and not hasattr(converted, "ghostify_plan") else 9.5
+        return {"original_ms": 10.0, "ghost_ms": ms, "speedup": 10 / ms, "threads": 1, "runs": 1}
+
+    monkeypatch.setattr(tune_policy, "measure_speedup", measured)
+    config = GhostConfig(target_speedup=1.05, cache_dir=str(tmp_path))
+    first = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+    again = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+    assert not first.latency["anchor"]["cached"] and again.latency["anchor"]["cached"]
+    assert again.latency["anchor"]["ghost_ms"] == 9.0 and again.latency["anchor"]["alpha"] == first.latency["anchor"][
+        "alpha"]
+    assert [(x.name, x.s) for x in again.converted] == [(x.name, x.s) for x in first.converted]
+    other = ghostify.convert(small_cnn(), config=config, input_size=(3, 24, 24)).ghostify_plan
+    assert not other.latency["anchor"]["cached"]  # another input size is another whole-model timing
+
+
 def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timings, monkeypatch):
     calls = []
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import glob
+import hashlib
 import tempfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -87,17 +88,34 @@ def measure_speedup(original: nn.Module, converted: nn.Module, input_size: Seque
             "speedup": result["speedup"], "threads": threads, "runs": runs}
 
 
+def _model_key(model: nn.Module, eq4: nn.Module, input_size: Sequence[int]) -> str:
+    """The cache key of a whole-model timing: the modules, Eq. 4's traced graph and the input size."""
+    code = getattr(eq4, "code", "")
+    digest = hashlib.sha256(f"{model}\n{eq4}\n{code}\n{tuple(input_size)}".encode()).hexdigest()[:24]
+    return f"model {digest}"
+
+
 def _anchor(model: nn.Module, eq4: nn.Module, cases: Sequence[LayerCase], table: LatencyTable,
-            input_size: Sequence[int], threads: int) -> dict[str, Any]:
+            input_size: Sequence[int], threads: int, cache: LatencyCache) -> dict[str, Any]:
     """The original and Eq. 4's model timed whole, interleaved; and ``alpha``, how much more a layer
     saves in the graph than alone (one layer timed alone runs with its weights and input in cache,
-    and without its neighbours' layout changes), which scales every predicted saving."""
-    measured = measure_speedup(model, eq4, input_size, threads)
+    and without its neighbours' layout changes), which scales every predicted saving.
+
+    The timing is cached with the layers' (per model structure and input size), so the same
+    conversion on the same machine calibrates, and therefore decides, the same way every time.
+    """
+    key = _model_key(model, eq4, input_size)
+    measured = cache.get(key)
+    cached = measured is not None
+    if measured is None:
+        measured = measure_speedup(model, eq4, input_size, threads)
+        cache.put(key, measured)
+        cache.save()
     alone = sum(table.timings[c.name][CONV] - table.timings[c.name].get(f"s{c.s_policy}", table.timings[c.name][CONV])
                 for c in cases)
     in_graph = measured["original_ms"] - measured["ghost_ms"]
     alpha = min(max(in_graph / alone, ALPHA_RANGE[0]), ALPHA_RANGE[1]) if alone > 0 and in_graph > 0 else 1.0
-    return {**measured, "alpha": round(alpha, 4), "saved_alone_ms": round(alone, 4)}
+    return {**measured, "alpha": round(alpha, 4), "saved_alone_ms": round(alone, 4), "cached": cached}
 
 
 def _choices(case: LayerCase, table: LatencyTable, macs: dict[str, float], min_speedup: float) -> LayerChoices:
@@ -182,7 +200,7 @@ def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[i
                                "table_seconds": table.seconds}
     budgeted = config.budgeted
     if config.target_speedup is not None or not budgeted:
-        summary["anchor"] = _anchor(model, eq4, cases, table, input_size, config.threads)
+        summary["anchor"] = _anchor(model, eq4, cases, table, input_size, config.threads, cache)
         summary["model_ms"] = round(summary["anchor"]["original_ms"], 4)
     chosen = (_decide_budget(config, model, cases, table, input_size, summary) if budgeted
               else _decide_measured(config, cases, table))
