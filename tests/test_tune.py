@@ -156,6 +156,37 @@ def test_the_whole_model_calibration_is_cached_so_a_budget_decides_the_same_way_
     assert not other.latency["anchor"]["cached"]  # another input size is another whole-model timing
 
 
+def test_a_budget_measured_short_of_its_target_is_chosen_again_calibrated_on_that_measurement(
+        tmp_path, stubbed_timings, monkeypatch):
+    import ghostify.tune as tune
+    from ghostify.report.render import _latency_line
+
+    def run(whole_ms: list[float], cache: str | None = None) -> object:
+        times = iter(whole_ms)  # the anchor, the first choice, then (if any) the second
+
+        def measured(original, converted, *a, **k):
+            ms = next(times)
+            return {"original_ms": 10.0, "ghost_ms": ms, "speedup": 10 / ms, "threads": 1, "runs": 1}
+
+        monkeypatch.setattr(tune_policy, "measure_speedup", measured)
+        monkeypatch.setattr(tune, "measure_speedup", measured)
+        config = GhostConfig(target_speedup=1.05, cache_dir=str(tmp_path / (cache or str(whole_ms))))
+        return ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+
+    plan = run([9.5, 9.9, 9.0])  # first choice 1.01x < 1.05x: a second, measured 1.11x, is kept
+    assert plan.latency["first_try"]["measured"]["speedup"] == pytest.approx(10 / 9.9)
+    assert plan.latency["anchor"]["recalibrated"] and plan.latency["anchor"]["alpha"] < 2.0
+    assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.0)
+    assert "short of the target, chosen again" in _latency_line(plan)
+    plan = run([9.0], cache=str([9.5, 9.9, 9.0]))  # the next conversion starts from that calibration
+    assert plan.latency["anchor"]["recalibrated"] == "cached" and "first_try" not in plan.latency
+    plan = run([9.5, 9.9, 9.95])  # the second is slower: the first is kept and both are reported
+    assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.9) and "first_try" not in plan.latency
+    assert "not faster: the first kept" in _latency_line(plan)
+    plan = run([9.5, 9.0])  # the first meets the target: no second try (a third timing would fail here)
+    assert "first_try" not in plan.latency and "second_try" not in plan.latency
+
+
 def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timings, monkeypatch):
     calls = []
 

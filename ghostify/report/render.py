@@ -81,6 +81,10 @@ def _latency_line(plan: object) -> str | None:
     if not info:
         return None
     bits = []
+    first = info.get("first_try")  # a speed-up budget measured short of its target, then chosen again
+    if first:
+        bits.append(f"first choice predicted ×{first['predicted_speedup']:.2f}, measured "
+                    f"×{first['measured']['speedup']:.2f}: short of the target, chosen again calibrated on it")
     per_layer = info.get("per_layer_measured")  # set when Eq. 4's whole model measured faster
     if info.get("predicted_speedup") is not None:
         bits.append(("per-layer choice " if per_layer else "") + f"predicted ×{info['predicted_speedup']:.2f}"
@@ -91,6 +95,9 @@ def _latency_line(plan: object) -> str | None:
         bits.append(("Eq. 4's model, kept: every candidate converted, " if per_layer else "")
                     + f"measured ×{measured['speedup']:.2f} ({measured['original_ms']:.2f} → "
                     f"{measured['ghost_ms']:.2f} ms{', an earlier run, cached' if earlier else ''})")
+    second = info.get("second_try")
+    if second and not second["kept"]:
+        bits.append(f"a second choice measured ×{second['measured']['speedup']:.2f}, not faster: the first kept")
     target = info.get("target")
     if target:
         kind, goal = ("speed-up", target["speedup"]) if "speedup" in target else ("MACs", target["macs"])

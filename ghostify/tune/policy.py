@@ -32,7 +32,7 @@ from ghostify.tune.budget import LayerChoices, LayerOption, choose, predicted, s
 from ghostify.tune.cache import LatencyCache, machine_key
 from ghostify.tune.table import CONV, LatencyTable, LayerCase, measure_table
 
-__all__ = ["latency_policy", "measure_speedup"]
+__all__ = ["latency_policy", "measure_speedup", "recalibrated_alpha", "remember_alpha"]
 
 Progress = Callable[[int, int, str], None]
 MODEL_RUNS = 30
@@ -115,7 +115,7 @@ def _anchor(model: nn.Module, eq4: nn.Module, cases: Sequence[LayerCase], table:
                 for c in cases)
     in_graph = measured["original_ms"] - measured["ghost_ms"]
     alpha = min(max(in_graph / alone, ALPHA_RANGE[0]), ALPHA_RANGE[1]) if alone > 0 and in_graph > 0 else 1.0
-    return {**measured, "alpha": round(alpha, 4), "saved_alone_ms": round(alone, 4), "cached": cached}
+    return {**measured, "alpha": round(alpha, 4), "saved_alone_ms": round(alone, 4), "cached": cached, "key": key}
 
 
 def _choices(case: LayerCase, table: LatencyTable, macs: dict[str, float], min_speedup: float) -> LayerChoices:
@@ -189,9 +189,35 @@ def _reason(case: LayerCase, table: LatencyTable, min_speedup: float) -> str:
     return measured if r <= min_speedup else f"not needed for the target ({measured})"
 
 
+def recalibrated_alpha(summary: dict[str, Any], measured: float) -> float | None:
+    """The ``alpha`` under which the chosen model's prediction equals its measured speed-up ``measured``
+    (None when the prediction was not above the measurement). With ``p = T / (T - alpha S)`` for the
+    chosen layers' saving alone ``S``: ``alpha' = alpha (1 - 1/measured) / (1 - 1/p)``."""
+    p, alpha = summary.get("predicted_speedup"), summary["anchor"]["alpha"]
+    if p is None or p <= measured or p <= 1.0 or measured <= 1.0:
+        return None
+    return min(max(alpha * (1 - 1 / measured) / (1 - 1 / p), ALPHA_RANGE[0]), ALPHA_RANGE[1])
+
+
+def _target_key(config: GhostConfig, summary: dict[str, Any]) -> str:
+    return f"{summary['anchor']['key']} target {config.target_speedup:g}"
+
+
+def remember_alpha(config: GhostConfig, summary: dict[str, Any], alpha: float) -> None:
+    """Keep the calibration a budget's second try met its target with: the next conversion of this
+    model to this target starts from it, so it makes that choice at once, and the same one."""
+    cache = LatencyCache(machine_key(config.threads), config.cache_dir and Path(config.cache_dir))
+    cache.put(_target_key(config, summary), {"alpha": alpha})
+    cache.save()
+
+
 def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[int],
-                   progress: Progress | None = None) -> tuple[GhostConfig, dict[str, Any]]:
-    """A copy of ``config`` decided by measurement, and the summary of what was measured."""
+                   progress: Progress | None = None, alpha: float | None = None) -> tuple[GhostConfig, dict[str, Any]]:
+    """A copy of ``config`` decided by measurement, and the summary of what was measured.
+
+    ``alpha``: a calibration to use instead of the anchor's (a budget's second try, calibrated on
+    the model its first try chose: :func:`recalibrated_alpha`).
+    """
     cases, eq4 = _cases(model, config, input_size)
     cache = LatencyCache(machine_key(config.threads), config.cache_dir and Path(config.cache_dir))
     table = measure_table(cases, config.threads, cache, progress)
@@ -202,6 +228,12 @@ def latency_policy(model: nn.Module, config: GhostConfig, input_size: Sequence[i
     if config.target_speedup is not None or not budgeted:
         summary["anchor"] = _anchor(model, eq4, cases, table, input_size, config.threads, cache)
         summary["model_ms"] = round(summary["anchor"]["original_ms"], 4)
+        explicit = alpha is not None
+        learnt = cache.get(_target_key(config, summary)) if config.target_speedup is not None else None
+        if not explicit and learnt is not None:  # an earlier conversion to this target measured short
+            alpha = learnt["alpha"]
+        if alpha is not None:
+            summary["anchor"].update(alpha=round(alpha, 4), recalibrated=True if explicit else "cached")
     chosen = (_decide_budget(config, model, cases, table, input_size, summary) if budgeted
               else _decide_measured(config, cases, table))
     decided = config.without_latency()
