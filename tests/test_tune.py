@@ -183,8 +183,11 @@ def test_a_budget_measured_short_of_its_target_is_chosen_again_calibrated_on_tha
     plan = run([9.5, 9.9, 9.95])  # the second is slower: the first is kept and both are reported
     assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.9) and "first_try" not in plan.latency
     assert "not faster: the first kept" in _latency_line(plan)
+    assert not plan.latency["target"]["measured_met"] and "target speed-up ×1.05 missed: measured ×1.01" in \
+        _latency_line(plan)  # predicted to meet it, measured short: the line does not say "met"
     plan = run([9.5, 9.0])  # the first meets the target: no second try (a third timing would fail here)
     assert "first_try" not in plan.latency and "second_try" not in plan.latency
+    assert plan.latency["target"]["measured_met"] and "target speed-up ×1.05 met" in _latency_line(plan)
 
 
 def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timings, monkeypatch):
