@@ -6,7 +6,8 @@ Times, alone and interleaved in one onnxruntime run (CPU EP, ORT_ENABLE_ALL, 1 t
 the layers that decide the CNN's latency, each in its deployment form (conv, folded BN, ReLU):
 
 * layer 2 (16 -> 32 maps at 28x28) and layer 4 (32 -> 64 at 14x14) as in the baseline;
-* the same layers as Ghost modules at s=2, d=3 (``GhostModule.fuse()``: the primary convolution
+* the same layers as Ghost modules at s=2, d=3 (``ghostify.tune.table.variants``, as the latency-aware
+  policy times them: ``GhostModule.fuse()``, the primary convolution
   making n/2 intrinsic maps and the depthwise cheap operation, outputs kept as parts as the graph
   pass keeps them), and each of the two convolutions alone;
 * the same layers in the uniformly pruned models of the bench (round_to 8): pruning also cuts the
@@ -33,9 +34,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from ghostify.export import export_onnx  # noqa: E402
-from ghostify.layers.ghost import GhostModule  # noqa: E402
 from ghostify.runtime.cpu import cpu_info  # noqa: E402
 from ghostify.runtime.latency import percentiles, time_onnx  # noqa: E402
+from ghostify.tune.table import CONV, LayerCase, variants  # noqa: E402
 
 # (layer, c, n, map size): the baseline's layers 2 and 4, and their pruned widths (bench/vs_pruning.py)
 LAYERS = {"layer 2": (16, 32, 28), "layer 4": (32, 64, 14)}
@@ -43,31 +44,24 @@ PRUNED = {"layer 2": {"r8 (both models)": (8, 24)},
           "layer 4": {"r8 p0.01": (24, 56), "r8 at s=2's MACs": (24, 48)}}
 
 
-def conv(c: int, n: int, groups: int = 1) -> nn.Module:
-    return nn.Sequential(nn.Conv2d(c, n, 3, padding=1, groups=groups), nn.ReLU())
-
-
-class Parts(nn.Module):
-    """A fused Ghost module returning its parts, as the graph pass hands them to the next layer."""
-
-    def __init__(self, c: int, n: int) -> None:
-        super().__init__()
-        self.fused = GhostModule(c, n, 3, s=2, d=3).eval().fuse()
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        return tuple(self.fused.forward_parts(x))
+def layer(c: int, n: int, hw: int, groups: int = 1, ghost: bool = False) -> nn.Module:
+    """A 3x3 convolution + ReLU in deployment form, as the latency table times it: the layer itself, or
+    (``ghost``) its Ghost module at s=2, d=3 with its outputs kept as parts (``ghostify.tune.table``)."""
+    case = LayerCase("layer", nn.Conv2d(c, n, 3, padding=1, groups=groups), (1, c, hw, hw), 3, nn.ReLU(),
+                     s_choices=(2,) if ghost else ())
+    return variants(case)["s2" if ghost else CONV]
 
 
 def cases() -> dict[str, tuple[nn.Module, tuple[int, int, int]]]:
     out: dict[str, tuple[nn.Module, tuple[int, int, int]]] = {"ReLU alone (call overhead)": (nn.ReLU(), (16, 28, 28))}
-    for layer, (c, n, hw) in LAYERS.items():
+    for name, (c, n, hw) in LAYERS.items():
         m = n // 2
-        out[f"{layer}: original {c}->{n}"] = (conv(c, n), (c, hw, hw))
-        out[f"{layer}: ghost s=2 module"] = (Parts(c, n), (c, hw, hw))
-        out[f"{layer}: ghost primary {c}->{m}"] = (conv(c, m), (c, hw, hw))
-        out[f"{layer}: ghost cheap dw {m}"] = (conv(m, m, m), (m, hw, hw))
-        for name, (pc, pn) in PRUNED[layer].items():
-            out[f"{layer}: pruned {name} {pc}->{pn}"] = (conv(pc, pn), (pc, hw, hw))
+        out[f"{name}: original {c}->{n}"] = (layer(c, n, hw), (c, hw, hw))
+        out[f"{name}: ghost s=2 module"] = (layer(c, n, hw, ghost=True), (c, hw, hw))
+        out[f"{name}: ghost primary {c}->{m}"] = (layer(c, m, hw), (c, hw, hw))
+        out[f"{name}: ghost cheap dw {m}"] = (layer(m, m, hw, groups=m), (m, hw, hw))
+        for pname, (pc, pn) in PRUNED[name].items():
+            out[f"{name}: pruned {pname} {pc}->{pn}"] = (layer(pc, pn, hw), (pc, hw, hw))
     return out
 
 

@@ -32,30 +32,29 @@ import ghostify
 from ghostify.export import export_onnx
 from ghostify.policy import GhostConfig
 from ghostify.runtime.cpu import cpu_info
-from ghostify.runtime.latency import percentiles, time_onnx
+from ghostify.runtime.latency import TimedModel, compare, percentiles, time_onnx
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE = (3, 224, 224)
 
 
-def _ratio(a: list[float], b: list[float]) -> dict[str, float]:
+def _ratio(a: TimedModel, b: TimedModel) -> dict[str, float]:
     """Per-run speed-up of b over a (same run, interleaved): median and p10-p90."""
-    p = percentiles([x / y for x, y in zip(a, b, strict=True)])
-    return {"speedup": round(p["p50"], 3), "speedup_p10": round(p["p10"], 3), "speedup_p90": round(p["p90"], 3)}
+    r = compare([a, b])
+    return {k: round(r[k], 3) for k in ("speedup", "speedup_p10", "speedup_p90")}
 
 
-def _time(models: dict[str, torch.nn.Module], runs: int, tmp: Path) -> tuple[dict[str, Any], dict[str, list]]:
-    """Deployment forms of every model, interleaved: medians and per-run speed-ups over the first; raw times."""
+def _time(models: dict[str, torch.nn.Module], runs: int, tmp: Path) -> tuple[dict[str, Any], dict[str, TimedModel]]:
+    """Deployment forms of every model, interleaved: medians and per-run speed-ups over the first; the timings."""
     paths = []
     for name, model in models.items():
         path = tmp / f"{name}.onnx"
         export_onnx(model, path, SIZE, check=False)
         paths.append(path)
-    timed = time_onnx(paths, threads=1, runs=runs, warmup=5)
-    times = {name: list(t.times_ms) for name, t in zip(models, timed, strict=True)}
-    base = timed[0].times_ms
-    out = {name: {"p50_ms": round(percentiles(t)["p50"], 3), **_ratio(base, t)} for name, t in times.items()}
-    return out, times
+    timed = dict(zip(models, time_onnx(paths, threads=1, runs=runs, warmup=5), strict=True))
+    base = next(iter(timed.values()))
+    out = {name: {"p50_ms": round(percentiles(t.times_ms)["p50"], 3), **_ratio(base, t)} for name, t in timed.items()}
+    return out, timed
 
 
 def _summary(plan: Any) -> dict[str, Any]:
