@@ -25,9 +25,10 @@ students start from the BN-re-estimated weights. Mean over seeds (calibration se
 order) with min..max; one baseline (seed 0) is the teacher of every run. Besides the pruned models at
 each Ghost model's MACs, ``--fmnist-extra`` adds pruned models at given ratios (default: the uniform
 round_to 8 and 16 models nearest the baseline), so that the pruning front between the baseline and
-s=2 is measured, not interpolated across. ``--methods ghost-feat`` distills the Ghost students with the
-per-layer feature term as well (``--feature-weight``; a pruned student has other widths than the
-teacher, so it cannot have that term).
+s=2 is measured, not interpolated across; ``round_to:ratio:12`` prunes only convolutions 1 and 2 (a
+non-uniform model, to put points where the uniform ratio has none). ``--methods ghost-feat`` distills
+the Ghost students with the per-layer feature term as well (``--feature-weight``; a pruned student has
+other widths than the teacher, so it cannot have that term).
 
 Needs Torch-Pruning (``pip install 'ghostify[compare]'``). The work is split into pieces so that each
 holds the shared benchmark lock briefly; each piece updates its part of the JSON:
@@ -38,6 +39,10 @@ holds the shared benchmark lock briefly; each piece updates its part of the JSON
     flock /tmp/ghostify-bench.lock python bench/vs_pruning.py --only fmnist-latency
     flock /tmp/ghostify-bench.lock python bench/vs_pruning.py --only fmnist --seeds 0 --methods ghost
     python bench/vs_pruning.py --only report          # table, bars, plot (no timing, no training)
+
+A second CPU: ``--only fmnist-latency --latency-section NAME --fmnist-repeats 5`` times the same
+architectures there (``fmnist.latency_on.NAME``), and the report judges the bar against those
+latencies too, with the accuracy runs made against the first CPU's section.
 """
 
 from __future__ import annotations
@@ -114,15 +119,18 @@ def importance(tp: Any, criterion: str) -> Any:
 
 
 def prune(model: nn.Module, size: Sequence[int], ratio: float, round_to: int | None, criterion: str = "magnitude",
-          batch: torch.Tensor | None = None) -> nn.Module:
+          batch: torch.Tensor | None = None, layers: Sequence[int] | None = None) -> nn.Module:
     """A pruned copy of ``model``: ``ratio`` of the channels of every prunable group, the classifier kept.
 
+    ``layers``: only the outputs of these convolutions (indices in module order) are pruned; None: all.
     Taylor importance needs gradients: a backward pass on ``batch`` against the model's own predictions.
     """
     tp = require_tp()
     model = copy.deepcopy(model).eval()
+    convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
+    kept = [] if layers is None else [m for i, m in enumerate(convs) if i not in layers]
     pruner = tp.pruner.BasePruner(model, torch.zeros(1, *size), importance=importance(tp, criterion),
-                                  pruning_ratio=ratio, ignored_layers=[classifier(model)], round_to=round_to)
+                                  pruning_ratio=ratio, ignored_layers=[classifier(model), *kept], round_to=round_to)
     if criterion == "taylor":
         if batch is None:
             raise ValueError("Taylor importance needs a batch")
@@ -166,26 +174,37 @@ def export_all(models: dict[str, nn.Module], size: Sequence[int], work: Path) ->
     return info
 
 
-def time_all(names: Sequence[str], work: Path, runs: int, warmup: int, threads: int) -> dict[str, dict[str, float]]:
-    """All ONNX files timed interleaved run by run; speed-up = median per-run ratio against ``names[0]``."""
-    timed = time_onnx([work / f"{n}.onnx" for n in names], threads=threads, runs=runs, warmup=warmup)
-    base = np.asarray(timed[0].times_ms)
+def time_all(names: Sequence[str], work: Path, runs: int, warmup: int, threads: int,
+             repeats: int = 1) -> dict[str, dict[str, Any]]:
+    """All ONNX files timed interleaved run by run; speed-up = median per-run ratio against ``names[0]``.
+
+    With ``repeats`` > 1 the whole interleaved run is made again on new sessions: the figures pool every
+    run, and each repeat's own medians are kept, so that two rows can be told apart from noise.
+    """
+    times: list[np.ndarray] = []  # per repeat: (models, runs)
+    for _ in range(repeats):
+        timed = time_onnx([work / f"{n}.onnx" for n in names], threads=threads, runs=runs, warmup=warmup)
+        times.append(np.asarray([t.times_ms for t in timed]))
     out = {}
-    for name, t in zip(names, timed, strict=True):
-        arr = np.asarray(t.times_ms)
-        p, r = percentiles(arr), percentiles(base / arr)
+    for i, name in enumerate(names):
+        arr = np.concatenate([t[i] for t in times])
+        ratio = np.concatenate([t[0] / t[i] for t in times])
+        p, r = percentiles(arr), percentiles(ratio)
         out[name] = {"latency_ms": p["p50"], "latency_p10_ms": p["p10"], "latency_p90_ms": p["p90"],
                      "speedup": r["p50"], "speedup_p10": r["p10"], "speedup_p90": r["p90"]}
+        if repeats > 1:
+            out[name]["repeats"] = [{"latency_ms": float(np.median(t[i])), "speedup": float(np.median(t[0] / t[i]))}
+                                    for t in times]
     return out
 
 
 def measure(models: dict[str, nn.Module], size: Sequence[int], args: argparse.Namespace, tag: str,
-            runs: int) -> dict[str, dict[str, Any]]:
+            runs: int, repeats: int = 1) -> dict[str, dict[str, Any]]:
     """MACs, parameters, export and interleaved latency of ``models`` (the first is the reference)."""
     work = Path(args.work) / tag
     work.mkdir(parents=True, exist_ok=True)
     exports = export_all(models, size, work)
-    timing = time_all(list(models), work, runs, args.warmup, args.threads)
+    timing = time_all(list(models), work, runs, args.warmup, args.threads, repeats)
     base_macs = macs(next(iter(models.values())), size)
     rows = {}
     for name, model in models.items():
@@ -314,9 +333,14 @@ def fmnist_ratios(base: nn.Module, args: argparse.Namespace) -> dict[tuple[int, 
     return out
 
 
-def extra_row(r: int, ratio: float) -> str:
+def layer_indices(layers: str) -> list[int] | None:
+    """``--fmnist-extra``'s third field: the pruned convolutions as digits ("034"), or every one ("")."""
+    return [int(c) for c in layers] if layers else None
+
+
+def extra_row(r: int, ratio: float, layers: str = "") -> str:
     """The latency row of a pruned model given by its ratio (``--fmnist-extra``), not matched to a Ghost model."""
-    return f"pruned@p{ratio:g}-r{r}"
+    return f"pruned@p{ratio:g}-r{r}" + (f"-l{layers}" if layers else "")
 
 
 def latency_ghost(base: nn.Module, s: int, args: argparse.Namespace, **kw: Any) -> nn.Module:
@@ -325,23 +349,45 @@ def latency_ghost(base: nn.Module, s: int, args: argparse.Namespace, **kw: Any) 
     return ghostify.convert(base, config=cfg, input_size=FMNIST_SIZE, **kw).eval()
 
 
+def conv_widths(model: nn.Module) -> list[list[int]]:
+    """(in, out) channels of every convolution: the architecture a latency row times."""
+    return [[m.in_channels, m.out_channels] for m in model.modules() if isinstance(m, nn.Conv2d)]
+
+
+def latency_base(args: argparse.Namespace, data: dict[str, Any]) -> tuple[nn.Module, str]:
+    """The network whose variants are timed. A second CPU's section (``--latency-section``) may time an
+    untrained one: with a uniform pruning ratio the pruned and Ghost architectures do not depend on the
+    weights (their ``widths`` are recorded to show it), so the first CPU's accuracy runs hold for them."""
+    if not args.latency_section or (Path(args.work) / "fmnist_baseline.pt").is_file():
+        return fmnist_baseline(args, data), "the cached baseline"
+    torch.manual_seed(0)
+    return vgg_small().eval(), "untrained (seed 0): the timed architectures do not depend on the weights"
+
+
 def run_fmnist_latency(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    base = fmnist_baseline(args, data)
+    base, weights = latency_base(args, data)
     models, meta = ghost_and_pruned(base, FMNIST_SIZE, args.s, args.fmnist_round_to)
-    for r, ratio in args.fmnist_extra:
-        models[extra_row(r, ratio)] = prune(base, FMNIST_SIZE, ratio, r)
-        meta[extra_row(r, ratio)] = {"variant": "pruned", "matches": None, "round_to": r, "pruning_ratio": ratio,
-                                     "criterion": "any (uniform ratio: same architecture)"}
+    for r, ratio, layers in args.fmnist_extra:
+        name = extra_row(r, ratio, layers)
+        models[name] = prune(base, FMNIST_SIZE, ratio, r, layers=layer_indices(layers))
+        meta[name] = {"variant": "pruned", "matches": None, "round_to": r, "pruning_ratio": ratio,
+                      "layers": layers or "all", "criterion": "any (uniform ratio: same architecture)"}
     if latency_config() is not None:
         for s in args.s:
             models[f"ghost-lat-s{s}"] = latency_ghost(base, s, args)
             meta[f"ghost-lat-s{s}"] = {"variant": "ghost-lat", "s": s, "latency_kwargs": args.latency_kwargs,
                                        "converted": len(ghostify.get_plan(models[f"ghost-lat-s{s}"]).converted)}
-    rows = measure(models, FMNIST_SIZE, args, "fmnist", args.fmnist_runs)
-    data.setdefault("fmnist", {})["latency"] = {
-        **provenance(), "runs": args.fmnist_runs, "warmup": args.warmup, "threads": args.threads,
-        "rows": {k: {**meta[k], **v} for k, v in rows.items()}}
-    print_rows("fmnist", data["fmnist"]["latency"]["rows"])
+    rows = measure(models, FMNIST_SIZE, args, "fmnist", args.fmnist_runs, args.fmnist_repeats)
+    section = {**provenance(), "runs": args.fmnist_runs, "repeats": args.fmnist_repeats, "warmup": args.warmup,
+               "threads": args.threads,
+               "weights": weights,
+               "rows": {k: {**meta[k], **v, "widths": conv_widths(models[k])} for k, v in rows.items()}}
+    fm = data.setdefault("fmnist", {})
+    if args.latency_section:
+        fm.setdefault("latency_on", {})[args.latency_section] = section
+    else:
+        fm["latency"] = section
+    print_rows("fmnist", section["rows"])
 
 
 def bn_reestimate(model: nn.Module, images: torch.Tensor, batch: int = 64) -> nn.Module:
@@ -383,9 +429,11 @@ def distill(student: nn.Module, base: nn.Module, train: Any, test: Any, args: ar
             "distill_s": round(time.time() - t1, 1), "distill_budget_s": round(t1 - t0, 1)}
 
 
-def fmnist_student(method: str, s: int, r: int | None, ratio: float | None, base: nn.Module, calib: torch.Tensor,
+def fmnist_student(job: tuple[str, int, int | None, float | None, str], base: nn.Module, calib: torch.Tensor,
                    test: Any, args: argparse.Namespace) -> tuple[nn.Module, dict]:
-    """The student before distillation (pruned: channels in multiples of ``r``), and its zero-shot figures."""
+    """The student of a job of ``fmnist_jobs`` before distillation (pruned: channels in multiples of its
+    round_to, only its convolutions if it names them), and its zero-shot figures."""
+    method, s, r, ratio, layers = job
     t0 = time.time()
     row: dict[str, Any] = {"method": method, "s": s}
     if method == "unpruned":  # the ratio-0 end of the pruning curve, distilled by the same recipe
@@ -399,28 +447,41 @@ def fmnist_student(method: str, s: int, r: int | None, ratio: float | None, base
             student = ghostify.convert(base, s=s, d=3, init="transfer", calibration_data=calib).eval()
         row["zero_shot"] = evaluate(student, test, 1000, "cpu")
     else:
-        student = prune(base, FMNIST_SIZE, ratio, r, method, batch=calib)
-        row.update(pruning_ratio=ratio, round_to=r, zero_shot_as_is=evaluate(student, test, 1000, "cpu"))
+        student = prune(base, FMNIST_SIZE, ratio, r, method, batch=calib, layers=layer_indices(layers))
+        row.update(pruning_ratio=ratio, round_to=r, layers=layers or "all",
+                   zero_shot_as_is=evaluate(student, test, 1000, "cpu"))
         row["zero_shot"] = evaluate(bn_reestimate(student, calib), test, 1000, "cpu")  # after BN re-estimation
     row.update(macs=macs(student, FMNIST_SIZE), params=count_params(student), init_s=round(time.time() - t0, 1))
     return student, row
 
 
 def fmnist_jobs(args: argparse.Namespace, ratios: dict[tuple[int, int], float]
-                ) -> list[tuple[str, int, int | None, float | None]]:
-    """(method, s, round_to, ratio) to run: Ghost models at each s; pruned ones at each Ghost model's MACs (one
-    that another s already gave, by coarse rounding, skipped) and at the ``--fmnist-extra`` ratios (s = 0)."""
+                ) -> list[tuple[str, int, int | None, float | None, str]]:
+    """(method, s, round_to, ratio, layers) to run: Ghost models at each s; pruned ones at each Ghost model's
+    MACs (one that another s already gave, by coarse rounding, skipped) and the ``--fmnist-extra`` ones (s = 0)."""
     jobs, seen = [], set()
     for m in args.methods.split(","):
         if m == "unpruned" or m.startswith("ghost"):
-            jobs += [(m, s, None, None) for s in ([0] if m == "unpruned" else args.s)]
+            jobs += [(m, s, None, None, "") for s in ([0] if m == "unpruned" else args.s)]
             continue
-        matched = [(s, r, ratios[s, r]) for s in args.s for r in args.fmnist_round_to]
-        for s, r, ratio in matched + [(0, r, ratio) for r, ratio in args.fmnist_extra]:
-            if (m, r, ratio) not in seen:
-                jobs.append((m, s, r, ratio))
-            seen.add((m, r, ratio))
+        matched = [(s, r, ratios[s, r], "") for s in args.s for r in args.fmnist_round_to]
+        for s, r, ratio, layers in matched + [(0, *extra) for extra in args.fmnist_extra]:
+            if (m, r, ratio, layers) not in seen:
+                jobs.append((m, s, r, ratio, layers))
+            seen.add((m, r, ratio, layers))
     return jobs
+
+
+def variant_name(job: tuple[str, int, int | None, float | None, str]) -> str:
+    """The accuracy section's key of a job: ``ghost-s2``, ``taylor-r8-s2``, ``magnitude-r16-p0.5-l12``."""
+    method, s, r, ratio, layers = job
+    if method == "unpruned":
+        return method
+    if r is None:
+        return f"{method}-s{s}"
+    if s == 0:  # a --fmnist-extra model
+        return f"{method}-r{r}-p{ratio:g}" + (f"-l{layers}" if layers else "")
+    return f"{method}-r{r}-s{s}"
 
 
 def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
@@ -430,8 +491,9 @@ def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
     section = data.setdefault("fmnist", {}).setdefault("accuracy", {})
     for seed in args.seeds:
         calib = calibration_batch(train, args.calib_samples, seed)
-        for method, s, r, ratio in fmnist_jobs(args, ratios):
-            student, row = fmnist_student(method, s, r, ratio, base, calib, test, args)
+        for job in fmnist_jobs(args, ratios):
+            method, s, r, ratio, layers = job
+            student, row = fmnist_student(job, base, calib, test, args)
             if not args.zero_shot_only:
                 weight = args.feature_weight if method == "ghost-feat" else 0.0
                 row.update(distill(student, base, train, test, args, seed, weight))
@@ -439,9 +501,8 @@ def run_fmnist(args: argparse.Namespace, data: dict[str, Any]) -> None:
             if method == "ghost-feat":  # the architecture of ghost-s{s}: its latency row
                 row["latency_row"] = f"ghost-s{s}"
             if s == 0 and r is not None:  # a --fmnist-extra model: named by its ratio
-                row["latency_row"] = extra_row(r, ratio)
-            variant = ("unpruned" if method == "unpruned" else f"{method}-s{s}" if r is None
-                       else f"{method}-r{r}-p{ratio:g}" if s == 0 else f"{method}-r{r}-s{s}")
+                row["latency_row"] = extra_row(r, ratio, layers)
+            variant = variant_name(job)
             section.setdefault(variant, {})[str(seed)] = row
             print(json.dumps({"variant": variant, "seed": seed, **row}), flush=True)
             save(args, data)  # a piece killed half-way keeps what it finished
@@ -492,8 +553,13 @@ def merge(into: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
 
 
 def save(args: argparse.Namespace, data: dict[str, Any]) -> None:
-    """Merge ``data`` into the JSON on disk under a file lock: pieces running side by side keep each other's."""
-    data["environment"] = environment()
+    """Merge ``data`` into the JSON on disk under a file lock: pieces running side by side keep each other's.
+
+    ``environment`` is the machine of the last piece that measured (the report measures nothing); each
+    piece's own CPU is in its provenance.
+    """
+    if set(args.only) - {"report"}:
+        data["environment"] = environment()
     path = Path(args.out)
     path.parent.mkdir(parents=True, exist_ok=True)
     Path(args.work).mkdir(parents=True, exist_ok=True)
@@ -505,6 +571,12 @@ def save(args: argparse.Namespace, data: dict[str, Any]) -> None:
         tmp.replace(path)
 
 
+def parse_extra(value: str) -> tuple[int, float, str]:
+    """``round_to:ratio`` or ``round_to:ratio:digits`` (only those convolutions pruned, by index)."""
+    r, ratio, *layers = value.split(":")
+    return int(r), float(ratio), layers[0] if layers else ""
+
+
 def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--only", default="report", help=f"comma-separated pieces: {', '.join(PIECES)}")
@@ -513,6 +585,9 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--round-to", default="8,16", help="pruned channels in multiples of these (fmnist: the first)")
     ap.add_argument("--runs", type=int, default=50, help="interleaved timed runs per model (224x224 models)")
     ap.add_argument("--fmnist-runs", type=int, default=2000, help="interleaved timed runs (Fashion-MNIST CNN)")
+    ap.add_argument("--fmnist-repeats", type=int, default=1,
+                    help="the Fashion-MNIST interleaved run made this many times on new sessions (pooled; each "
+                    "repeat's medians kept: the noise between two rows)")
     ap.add_argument("--warmup", type=int, default=10)
     ap.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     ap.add_argument("--latency-kwargs", default="{}", help="JSON: extra GhostConfig arguments of the latency row")
@@ -520,7 +595,11 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
                     "of these (1: exact MAC match; 8 gives one model for s=3 and 4 at widths 16-64)")
     ap.add_argument("--fmnist-extra", default="8:0.01,16:0.01",
                     help="pruned models at these round_to:ratio pairs besides the MAC-matched ones (points of "
-                    "the pruning front between the baseline and s=2; '' for none)")
+                    "the pruning front between the baseline and s=2; '' for none); round_to:ratio:034 prunes only "
+                    "the convolutions of those indices (in module order)")
+    ap.add_argument("--latency-section", default="",
+                    help="fmnist-latency on a second CPU: its rows go to fmnist.latency_on.NAME, and the report "
+                    "judges the bar on them too, with the accuracy runs made against the first CPU's section")
     ap.add_argument("--latency-tag", default="measure", help="name of the latency-aware row (one per --latency-kwargs)")
     ap.add_argument("--data", default=FMNIST)
     ap.add_argument("--train-samples", type=int, default=20000)
@@ -548,7 +627,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args.round_to = [int(v) for v in args.round_to.split(",")]
     args.fmnist_round_to = [int(v) for v in args.fmnist_round_to.split(",") if v]  # '': the extras only
     args.seeds = [int(v) for v in args.seeds.split(",")]
-    args.fmnist_extra = [(int(r), float(p)) for r, p in (v.split(":") for v in args.fmnist_extra.split(",") if v)]
+    args.fmnist_extra = [parse_extra(v) for v in args.fmnist_extra.split(",") if v]
     return args
 
 

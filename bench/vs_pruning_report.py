@@ -24,9 +24,18 @@ def _stats(values: list[float]) -> dict[str, float]:
             "std": float(np.std(values)), "n": len(values)}
 
 
-def fmnist_summary(fm: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per variant (``ghost-s2``, ``magnitude-s2``, ...): latency row, and mean/min/max over seeds per metric."""
-    lat = fm.get("latency", {}).get("rows", {})
+def latency_sections(fm: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The latency sections by name: ``""`` the CPU the accuracy runs were made with, then any other CPU's."""
+    return {"": fm.get("latency", {}), **fm.get("latency_on", {})}
+
+
+def fmnist_summary(fm: dict[str, Any], section: str = "") -> dict[str, dict[str, Any]]:
+    """Per variant (``ghost-s2``, ``magnitude-s2``, ...): latency row, and mean/min/max over seeds per metric.
+
+    On another CPU's section (``section`` named) a latency-aware model has no latency: that CPU would
+    choose its own layers, and only the first CPU's choice was trained.
+    """
+    lat = latency_sections(fm).get(section, {}).get("rows", {})
     out = {}
     for variant, seeds in sorted(fm.get("accuracy", {}).items()):
         rows = list(seeds.values())
@@ -34,9 +43,10 @@ def fmnist_summary(fm: dict[str, Any]) -> dict[str, dict[str, Any]]:
         ghost = method.startswith("ghost") or method == "unpruned"
         key = rows[0].get("latency_row") or (
             "original" if method == "unpruned" else f"{method}-s{s}" if ghost else f"pruned@ghost-s{s}-r{r}")
+        row = {} if section and method == "ghost-lat" else lat.get(key, {})
         entry: dict[str, Any] = {"method": method if ghost else f"{method}-r{r}", "s": int(s),
                                  "latency_row": key, **{
-            k: lat.get(key, {}).get(k) for k in ("latency_ms", "speedup", "macs", "mac_reduction", "params")}}
+            k: row.get(k) for k in ("latency_ms", "speedup", "macs", "mac_reduction", "params")}}
         for m in (*METRICS, "zero_shot_as_is", MID_SCHEDULE):
             vals = [r[m] for r in rows if r.get(m) is not None]
             if vals:
@@ -71,9 +81,9 @@ def _at_latency(pruned: list[tuple[float, float]], base: tuple[float, float] | N
     return float(np.interp(x, [p[0] for p in front], [p[1] for p in front])), "interpolated"
 
 
-def fmnist_bars(fm: dict[str, Any], summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def fmnist_bars(fm: dict[str, Any], summary: dict[str, dict[str, Any]], section: str = "") -> dict[str, Any]:
     """Ghost vs the best criterion's accuracy at the Ghost model's measured latency, per s and metric."""
-    base_lat = fm.get("latency", {}).get("rows", {}).get("original", {}).get("latency_ms")
+    base_lat = latency_sections(fm).get(section, {}).get("rows", {}).get("original", {}).get("latency_ms")
     base_acc = fm.get("baseline", {}).get("test_acc")
     ghosts = {v: e for v, e in summary.items() if e["method"].startswith("ghost") and e["latency_ms"] is not None}
     criteria = sorted({e["method"] for e in summary.values()
@@ -145,9 +155,9 @@ def head_to_head(lat: dict[str, Any]) -> list[str]:
     return lines
 
 
-def fmnist_table(fm: dict[str, Any], summary: dict[str, dict[str, Any]]) -> list[str]:
+def fmnist_table(fm: dict[str, Any], summary: dict[str, dict[str, Any]], section: str = "") -> list[str]:
     b = fm.get("baseline", {})
-    base_lat = fm.get("latency", {}).get("rows", {}).get("original", {})
+    base_lat = latency_sections(fm).get(section, {}).get("rows", {}).get("original", {})
     lines = ["| variant | MACs (×) | params | latency µs (speed-up) | zero-shot | as-is (no BN re-est.) | "
              "200 KD steps | 1 KD epoch | epoch run at step 200 |", "|---|---|---|---|---|---|---|---|---|"]
     if b:
@@ -175,7 +185,7 @@ def bars_table(bars: dict[str, Any]) -> list[str]:
     return lines
 
 
-def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path) -> str:
+def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path, section: str = "") -> str:
     try:
         import matplotlib
 
@@ -184,7 +194,7 @@ def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path) -> 
     except ImportError:
         return "matplotlib is not installed: no plot (pip install 'ghostify[plot]')"
     fig, axes = plt.subplots(1, len(METRICS), figsize=(15, 4.5), sharex=True)
-    base, base_lat = fm.get("baseline", {}), fm.get("latency", {}).get("rows", {}).get("original", {})
+    base, base_lat = fm.get("baseline", {}), latency_sections(fm).get(section, {}).get("rows", {}).get("original", {})
     for ax, m in zip(axes, METRICS, strict=True):
         for method in sorted({e["method"] for e in summary.values()}):
             es = sorted((e for e in summary.values() if e["method"] == method and m in e and e["latency_ms"]),
@@ -193,7 +203,9 @@ def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path) -> 
                 continue
             x = [e["latency_ms"] * 1e3 for e in es]
             y = [e[m]["mean"] for e in es]
-            err = [[e[m]["mean"] - e[m]["min"] for e in es], [e[m]["max"] - e[m]["mean"] for e in es]]
+            # max(0, ...): the mean of equal values can round a hair past them
+            err = [[max(0.0, e[m]["mean"] - e[m]["min"]) for e in es],
+                   [max(0.0, e[m]["max"] - e[m]["mean"]) for e in es]]
             label = {"ghost": "ghostify (transfer)", "ghost-lat": "ghostify latency-aware (transfer)",
                      "unpruned": "baseline, same distillation"}.get(
                 method, f"Torch-Pruning {method}")
@@ -204,7 +216,7 @@ def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path) -> 
                     ax.annotate(tag, (xi, yi), textcoords="offset points", xytext=(4, 4), fontsize=7)
         if base and base_lat:
             ax.plot([base_lat["latency_ms"] * 1e3], [base["test_acc"]], "ks", label="baseline")
-        ax.set_title(f"Fashion-MNIST, {LABELS[m]}")
+        ax.set_title(f"Fashion-MNIST, {LABELS[m]}" + (f" (latency: {section})" if section else ""))
         ax.set_xlabel("onnxruntime latency, 1 thread, batch 1 (µs)")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
@@ -213,6 +225,23 @@ def plot(fm: dict[str, Any], summary: dict[str, dict[str, Any]], path: Path) -> 
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return f"wrote {path}"
+
+
+def fmnist_lines(fm: dict[str, Any], summary: dict[str, dict[str, Any]], bars: dict[str, Any],
+                 section: str = "") -> list[str]:
+    """The Fashion-MNIST table and its bar, with the latencies of one CPU's section."""
+    sec = latency_sections(fm).get(section, {})
+    cpu = sec.get("cpu", {})
+    head = f"## Fashion-MNIST CNN{f', latency on a second CPU ({section})' if section else ''}"
+    bar_head = f"## bar: equal measured latency{f' ({section})' if section else ''}"
+    note = [] if not section else [
+        "The accuracies are the runs above; only the latencies are this CPU's. The pruned and Ghost "
+        "architectures do not depend on the CPU; the latency-aware ones do, so they have no row here.", ""]
+    return [head, "", f"latency on {cpu.get('model', '?')} ({', '.join(cpu.get('isa', []))})", "", *note,
+            *fmnist_table(fm, summary, section), "", bar_head, "", *bars_table(bars), "",
+            f"bar met (every row): {bars['met']}", "",
+            "met per Ghost model (every budget): " + ", ".join(
+                f"{g} {'yes' if ok else 'no'}" for g, ok in bars.get("met_by_ghost_model", {}).items()), ""]
 
 
 def report(data: dict[str, Any], args: argparse.Namespace) -> None:
@@ -225,14 +254,16 @@ def report(data: dict[str, Any], args: argparse.Namespace) -> None:
     if data.get("latency_aware"):
         la = data["latency_aware"]
         lines += ["## latency-aware policy", "", la.get("note", ""), *head_to_head(la), "", *latency_table(la), ""]
-    cpu = fm.get("latency", {}).get("cpu", {})
-    lines += ["## Fashion-MNIST CNN", "", f"latency on {cpu.get('model', '?')} ({', '.join(cpu.get('isa', []))})", "",
-              *fmnist_table(fm, summary), "", "## bar: equal measured latency", "",
-              *bars_table(bars), "", f"bar met (every row): {bars['met']}", "",
-              "met per Ghost model (every budget): " + ", ".join(
-                  f"{g} {'yes' if ok else 'no'}" for g, ok in bars.get("met_by_ghost_model", {}).items())]
-    text = "\n".join(lines)
-    print(text)
+    lines += fmnist_lines(fm, summary, bars)
     out = Path(args.out)
+    plots = [plot(fm, summary, out.with_suffix(".png")) if summary else "no Fashion-MNIST results yet: no plot"]
+    for name in fm.get("latency_on", {}):
+        other = fmnist_summary(fm, name)
+        fm.setdefault("bars_on", {})[name] = other_bars = fmnist_bars(fm, other, name)
+        lines += fmnist_lines(fm, other, other_bars, name)
+        if other:
+            plots.append(plot(fm, other, out.with_name(f"{out.stem}_latency_{name}.png"), name))
+    text = "\n".join(lines).rstrip()
+    print(text)
     out.with_suffix(".md").write_text(text + "\n")
-    print(plot(fm, summary, out.with_suffix(".png")) if summary else "no Fashion-MNIST results yet: no plot")
+    print("\n".join(plots))

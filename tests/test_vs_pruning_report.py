@@ -66,10 +66,50 @@ def test_jobs_skip_a_repeated_pruned_model_and_add_the_extras() -> None:
     from bench.vs_pruning import fmnist_jobs, parse
 
     args = parse(["--only", "fmnist", "--methods", "ghost,magnitude", "--s", "2,3",
-                  "--fmnist-round-to", "8", "--fmnist-extra", "16:0.01"])
+                  "--fmnist-round-to", "8", "--fmnist-extra", "16:0.01,16:0.25:34"])
     jobs = fmnist_jobs(args, {(2, 8): 0.2, (3, 8): 0.2})  # s=3 rounds to the s=2 model: once
-    assert jobs == [("ghost", 2, None, None), ("ghost", 3, None, None),
-                    ("magnitude", 2, 8, 0.2), ("magnitude", 0, 16, 0.01)]
+    assert jobs == [("ghost", 2, None, None, ""), ("ghost", 3, None, None, ""),
+                    ("magnitude", 2, 8, 0.2, ""), ("magnitude", 0, 16, 0.01, ""), ("magnitude", 0, 16, 0.25, "34")]
     only_extras = parse(["--only", "fmnist", "--methods", "taylor", "--fmnist-round-to", "",
                          "--fmnist-extra", "8:0.01"])
-    assert fmnist_jobs(only_extras, {}) == [("taylor", 0, 8, 0.01)]
+    assert fmnist_jobs(only_extras, {}) == [("taylor", 0, 8, 0.01, "")]
+    from bench.vs_pruning import variant_name
+
+    assert [variant_name(j) for j in jobs] == ["ghost-s2", "ghost-s3", "magnitude-r8-s2", "magnitude-r16-p0.01",
+                                               "magnitude-r16-p0.25-l34"]
+
+
+def test_a_second_cpus_section_judges_with_its_latencies_and_leaves_latency_aware_out() -> None:
+    def section(lat: dict[str, float]) -> dict:
+        return {"rows": {k: {"latency_ms": v, "speedup": lat["original"] / v, "macs": 1, "mac_reduction": 1.0,
+                             "params": 1} for k, v in lat.items()}}
+
+    fm = {"baseline": {"test_acc": 90.0},
+          # first CPU: the pruned model is faster than the Ghost model; on the second, slower
+          "latency": section({"original": 4.0, "ghost-s2": 3.0, "pruned@ghost-s2-r8": 2.0, "ghost-lat-s2": 3.0}),
+          "latency_on": {"b": section({"original": 4.0, "ghost-s2": 2.0, "pruned@ghost-s2-r8": 3.0,
+                                       "ghost-lat-s2": 1.0})},
+          "accuracy": {"ghost-s2": {"0": _row("ghost", 2, 86.0)}, "ghost-lat-s2": {"0": _row("ghost-lat", 2, 86.0)},
+                       "magnitude-r8-s2": {"0": _row("magnitude", 2, 87.0, 8)},
+                       "unpruned": {"0": _row("unpruned", 0, 90.0)}}}
+    first = fmnist_bars(fm, fmnist_summary(fm))
+    assert first["met_by_ghost_model"] == {"ghost-lat-s2": False, "ghost-s2": False}
+    other = fmnist_summary(fm, "b")
+    assert other["ghost-lat-s2"]["latency_ms"] is None  # that CPU would choose other layers: never trained
+    bars = fmnist_bars(fm, other, "b")
+    # at 2.0 on the second CPU every pruned model is slower: the fastest one's 87 is still above 86
+    assert bars["met_by_ghost_model"] == {"ghost-s2": False}
+    fm["accuracy"]["magnitude-r8-s2"]["0"] = _row("magnitude", 2, 85.0, 8)
+    assert fmnist_bars(fm, fmnist_summary(fm, "b"), "b")["met_by_ghost_model"] == {"ghost-s2": True}
+
+
+def test_an_extra_that_names_its_convolutions_prunes_only_those() -> None:
+    pytest.importorskip("torch_pruning")  # the [compare] extra: bench/vs_pruning.py only
+    from bench.transfer_fmnist import vgg_small
+    from bench.vs_pruning import FMNIST_SIZE, conv_widths, layer_indices, parse_extra, prune
+
+    r, ratio, layers = parse_extra("16:0.5:12")
+    model = prune(vgg_small().eval(), FMNIST_SIZE, ratio, r, layers=layer_indices(layers))
+    assert [w[1] for w in conv_widths(model)] == [16, 16, 16, 64, 64]  # convs 1 and 2 halved, the rest kept
+    everywhere = prune(vgg_small().eval(), FMNIST_SIZE, ratio, r, layers=layer_indices(parse_extra("16:0.5")[2]))
+    assert [w[1] for w in conv_widths(everywhere)] == [16, 16, 16, 32, 32]
