@@ -123,6 +123,8 @@ def stubbed_timings(monkeypatch):
     import ghostify.tune as tune
 
     monkeypatch.setattr(tune, "measure_speedup", tune_policy.measure_speedup)
+    monkeypatch.setattr(tune, "measure_side_by_side", lambda original, models, *a, **k: {
+        name: tune_policy.measure_speedup(original, m) for name, m in models.items()})
 
 
 def test_latency_aware_converts_only_what_measures_faster(tmp_path, stubbed_timings):
@@ -190,20 +192,21 @@ def test_a_budget_measured_short_of_its_target_is_chosen_again_calibrated_on_tha
     assert plan.latency["target"]["measured_met"] and "target speed-up ×1.05 met" in _latency_line(plan)
 
 
-def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timings, monkeypatch):
-    calls = []
-
-    def measured(original, converted, *a, **k):  # the anchor (Eq. 4) first, then the per-layer choice
-        calls.append(converted)
-        ms = 9.0 if len(calls) == 1 else 9.8
-        return {"original_ms": 10.0, "ghost_ms": ms, "speedup": 10 / ms, "threads": 1, "runs": 1}
-
-    monkeypatch.setattr(tune_policy, "measure_speedup", measured)
+def test_eq4_wins_where_the_whole_model_measures_faster_side_by_side(tmp_path, stubbed_timings, monkeypatch):
     import ghostify.tune as tune
 
-    monkeypatch.setattr(tune, "measure_speedup", measured)
+    runs = []
+
+    def side_by_side(original, models, *a, **k):  # one interleaved run: the per-layer choice and Eq. 4's
+        runs.append(list(models))
+        ms = {"per layer": 9.8, "eq4": 9.0}
+        return {name: {"original_ms": 10.0, "ghost_ms": ms[name], "speedup": 10 / ms[name], "threads": 1, "runs": 1}
+                for name in models}
+
+    monkeypatch.setattr(tune, "measure_side_by_side", side_by_side)
     config = GhostConfig(latency="measure", cache_dir=str(tmp_path))
     plan = ghostify.convert(small_cnn(), config=config, input_size=(3, 16, 16)).ghostify_plan
+    assert runs == [["per layer", "eq4"]]  # compared in one run, never against a cached timing
     assert plan.latency["choice"].startswith("Eq. 4's policy") and len(plan.converted) == 2
     assert plan.latency["measured"]["speedup"] == pytest.approx(10 / 9.0)
     assert plan.latency["per_layer_measured"]["speedup"] == pytest.approx(10 / 9.8)
@@ -212,6 +215,19 @@ def test_eq4_wins_where_the_whole_model_measures_faster(tmp_path, stubbed_timing
     line = _latency_line(plan)  # the prediction is the per-layer choice's: both models are named
     assert "per-layer choice predicted" in line and "measured ×1.02" in line
     assert "Eq. 4's model, kept: every candidate converted, measured ×1.11" in line
+
+
+def test_eq4_is_not_timed_again_when_it_is_the_per_layer_choice(tmp_path, stubbed_timings, monkeypatch):
+    import ghostify.tune as tune
+
+    def fast(models, input_shape, threads):  # every candidate measures faster: the choice is Eq. 4's model
+        return {name: 1.0 if name == "conv" else 0.5 for name in models}
+
+    monkeypatch.setattr(tune_table, "_time_variants", fast)
+    monkeypatch.setattr(tune, "measure_side_by_side", lambda *a, **k: pytest.fail("one model timed as two"))
+    plan = ghostify.convert(small_cnn(), config=GhostConfig(latency="measure", cache_dir=str(tmp_path)),
+                            input_size=(3, 16, 16)).ghostify_plan
+    assert plan.latency["choice"] == "per layer (the same model as Eq. 4's)" and len(plan.converted) == 2
 
 
 def test_a_speedup_budget_picks_s_per_layer(tmp_path, stubbed_timings):

@@ -8,8 +8,15 @@ least predicted accuracy cost. Timings are cached per machine (:mod:`ghostify.tu
 
 from ghostify.tune.budget import LayerOption, choose
 from ghostify.tune.cache import LatencyCache, cache_dir, machine_key
-from ghostify.tune.policy import latency_policy, measure_speedup, recalibrated_alpha, remember_alpha
+from ghostify.tune.policy import (
+    latency_policy,
+    measure_side_by_side,
+    measure_speedup,
+    recalibrated_alpha,
+    remember_alpha,
+)
 from ghostify.tune.table import LatencyTable, LayerCase, measure_table
 
 __all__ = ["LayerOption", "choose", "LatencyCache", "cache_dir", "machine_key", "latency_policy",
-           "measure_speedup", "recalibrated_alpha", "remember_alpha", "LayerCase", "LatencyTable", "measure_table"]
+           "measure_side_by_side", "measure_speedup", "recalibrated_alpha", "remember_alpha", "LayerCase",
+           "LatencyTable", "measure_table"]

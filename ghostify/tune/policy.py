@@ -76,16 +76,29 @@ def _cases(model: nn.Module, config: GhostConfig, input_size: Sequence[int]) -> 
     return cases, gm
 
 
+def measure_side_by_side(original: nn.Module, converted: dict[str, nn.Module], input_size: Sequence[int],
+                         threads: int = 1, runs: int = MODEL_RUNS) -> dict[str, dict[str, Any]]:
+    """The original and each converted model (deployment forms) on onnxruntime, interleaved in one run:
+    per converted model, both medians and the median per-run speed-up over the original. Models
+    compared with each other must share a run: a run timed another time, under other load, does not
+    compare."""
+    with tempfile.TemporaryDirectory() as tmp:
+        paths = [Path(tmp) / f"{i}.onnx" for i in range(len(converted) + 1)]
+        for model, path in zip([original, *converted.values()], paths, strict=True):
+            export_onnx(model, path, input_size, check=False)
+        timed = time_onnx(paths, threads=threads, runs=runs, warmup=3)
+    out = {}
+    for name, t in zip(converted, timed[1:], strict=True):
+        result = compare([timed[0], t])
+        out[name] = {"original_ms": result["a"]["p50_ms"], "ghost_ms": result["b"]["p50_ms"],
+                     "speedup": result["speedup"], "threads": threads, "runs": runs}
+    return out
+
+
 def measure_speedup(original: nn.Module, converted: nn.Module, input_size: Sequence[int], threads: int = 1,
                     runs: int = MODEL_RUNS) -> dict[str, Any]:
     """Both deployment forms on onnxruntime, interleaved: medians and the median per-run speed-up."""
-    with tempfile.TemporaryDirectory() as tmp:
-        a, b = Path(tmp) / "original.onnx", Path(tmp) / "ghost.onnx"
-        export_onnx(original, a, input_size, check=False)
-        export_onnx(converted, b, input_size, check=False)
-        result = compare(time_onnx([a, b], threads=threads, runs=runs, warmup=3))
-    return {"original_ms": result["a"]["p50_ms"], "ghost_ms": result["b"]["p50_ms"],
-            "speedup": result["speedup"], "threads": threads, "runs": runs}
+    return measure_side_by_side(original, {"ghost": converted}, input_size, threads, runs)["ghost"]
 
 
 def _model_key(model: nn.Module, eq4: nn.Module, input_size: Sequence[int]) -> str:
