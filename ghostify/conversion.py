@@ -165,7 +165,7 @@ def _measured_choice(model: nn.Module, gm: nn.Module, plan: ConversionPlan, conf
     eq4, eq4_plan = rewrite(model, config.without_latency())
     if _choices(eq4_plan) == _choices(plan):  # every candidate measured faster: one model, timed once
         latency["measured"] = measure_speedup(model, gm, input_size, config.threads)
-        latency["choice"] = "per layer (the same model as Eq. 4's)"
+        latency["choice"], latency["same_as_eq4"] = "per layer (the same model as Eq. 4's)", True
         return gm, plan
     both = measure_side_by_side(model, {"per layer": gm, "eq4": eq4}, input_size, config.threads)
     latency["measured"], latency["eq4_measured"] = both["per layer"], both["eq4"]

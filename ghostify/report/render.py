@@ -97,7 +97,7 @@ def _latency_line(plan: object) -> str | None:
     eq4 = info.get("eq4_measured")  # timed side by side with the per-layer choice, which was faster
     if eq4 and not per_layer:
         bits.append(f"Eq. 4's model (every candidate converted) measured ×{eq4['speedup']:.2f} beside it")
-    if str(info.get("choice", "")).startswith("per layer (the same"):
+    if info.get("same_as_eq4"):
         bits.append("every candidate measured faster: Eq. 4's model")
     second = info.get("second_try")
     if second and not second["kept"]:
