@@ -113,3 +113,15 @@ def test_an_extra_that_names_its_convolutions_prunes_only_those() -> None:
     assert [w[1] for w in conv_widths(model)] == [16, 16, 16, 64, 64]  # convs 1 and 2 halved, the rest kept
     everywhere = prune(vgg_small().eval(), FMNIST_SIZE, ratio, r, layers=layer_indices(parse_extra("16:0.5")[2]))
     assert [w[1] for w in conv_widths(everywhere)] == [16, 16, 16, 32, 32]
+
+
+def test_a_fashion_mnist_only_file_has_no_empty_224_tables(tmp_path) -> None:
+    import argparse
+
+    from bench.vs_pruning_report import report
+
+    out = tmp_path / "vs.json"
+    report({"fmnist": {}}, argparse.Namespace(out=str(out)))
+    assert "224×224" not in out.with_suffix(".md").read_text()
+    report({"latency": {"resnet18": {}}, "fmnist": {}}, argparse.Namespace(out=str(out)))
+    assert out.with_suffix(".md").read_text().startswith("## 224×224 models")
