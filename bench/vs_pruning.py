@@ -304,7 +304,7 @@ def fmnist_data(args: argparse.Namespace) -> tuple[Any, Any]:
 def fmnist_baseline(args: argparse.Namespace, data: dict[str, Any]) -> nn.Module:
     """The seed-0 baseline, trained once and kept in the work directory."""
     path = Path(args.work) / "fmnist_baseline.pt"
-    model = vgg_small()
+    model = vgg_small(args.widths)
     if path.is_file():
         model.load_state_dict(torch.load(path, weights_only=True))
         return model.eval()
@@ -317,7 +317,8 @@ def fmnist_baseline(args: argparse.Namespace, data: dict[str, Any]) -> nn.Module
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(model.state_dict(), path)
     data.setdefault("fmnist", {})["baseline"] = {
-        **provenance(), "model": "vgg_small (bench/transfer_fmnist.py)", "epochs": args.baseline_epochs, "seed": 0,
+        **provenance(), "model": "vgg_small (bench/transfer_fmnist.py)", "widths": list(args.widths),
+        "epochs": args.baseline_epochs, "seed": 0,
         "train_samples": len(train), "test_samples": len(test), "train_s": round(time.time() - t0, 1),
         "test_acc": evaluate(model, test, 1000, "cpu"), "params": count_params(model),
         "macs": macs(model, FMNIST_SIZE)}
@@ -363,7 +364,7 @@ def latency_base(args: argparse.Namespace, data: dict[str, Any]) -> tuple[nn.Mod
     if not args.latency_section or (Path(args.work) / "fmnist_baseline.pt").is_file():
         return fmnist_baseline(args, data), "the cached baseline"
     torch.manual_seed(0)
-    return vgg_small().eval(), "untrained (seed 0): the timed architectures do not depend on the weights"
+    return vgg_small(args.widths).eval(), "untrained (seed 0): the timed architectures do not depend on the weights"
 
 
 def run_fmnist_latency(args: argparse.Namespace, data: dict[str, Any]) -> None:
@@ -606,6 +607,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--data", default=FMNIST)
     ap.add_argument("--train-samples", type=int, default=20000, help="training images (60000: all of them)")
     ap.add_argument("--test-samples", type=int, default=5000, help="test images (10000: all of them)")
+    ap.add_argument("--widths", default="16,32,64", help="the CNN's widths (its --work directory caches one baseline)")
     ap.add_argument("--baseline-epochs", type=int, default=3,
                     help="epochs of the baseline's training (one-cycle SGD lr 0.1, batch 128)")
     ap.add_argument("--calib-samples", type=int, default=256)
@@ -628,6 +630,7 @@ def parse(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if bad := set(args.only) - set(PIECES):
         ap.error(f"unknown piece(s) {sorted(bad)}; choose from {', '.join(PIECES)}")
     args.s = [int(v) for v in args.s.split(",")]
+    args.widths = tuple(int(v) for v in args.widths.split(","))
     args.round_to = [int(v) for v in args.round_to.split(",")]
     args.fmnist_round_to = [int(v) for v in args.fmnist_round_to.split(",") if v]  # '': the extras only
     args.seeds = [int(v) for v in args.seeds.split(",")]

@@ -125,3 +125,13 @@ def test_a_fashion_mnist_only_file_has_no_empty_224_tables(tmp_path) -> None:
     assert "224×224" not in out.with_suffix(".md").read_text()
     report({"latency": {"resnet18": {}}, "fmnist": {}}, argparse.Namespace(out=str(out)))
     assert out.with_suffix(".md").read_text().startswith("## 224×224 models")
+
+
+def test_widths_set_the_timed_cnn(tmp_path) -> None:
+    from bench.vs_pruning import conv_widths, latency_base, parse
+
+    args = parse(["--only", "fmnist-latency", "--widths", "32,64,128", "--latency-section", "x",
+                  "--work", str(tmp_path)])
+    model, weights = latency_base(args, {})
+    assert conv_widths(model) == [[1, 32], [32, 64], [64, 64], [64, 128], [128, 128]]
+    assert weights.startswith("untrained")
