@@ -306,7 +306,11 @@ def fmnist_baseline(args: argparse.Namespace, data: dict[str, Any]) -> nn.Module
     path = Path(args.work) / "fmnist_baseline.pt"
     model = vgg_small(args.widths)
     if path.is_file():
-        model.load_state_dict(torch.load(path, weights_only=True))
+        try:
+            model.load_state_dict(torch.load(path, weights_only=True))
+        except RuntimeError:
+            raise SystemExit(f"the baseline at {path} has other widths than --widths {args.widths}: "
+                             "give each width its own --work directory") from None
         return model.eval()
     if "fmnist-base" not in args.only:
         raise SystemExit(f"no baseline at {path}: run --only fmnist-base first")

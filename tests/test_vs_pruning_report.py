@@ -135,3 +135,16 @@ def test_widths_set_the_timed_cnn(tmp_path) -> None:
     model, weights = latency_base(args, {})
     assert conv_widths(model) == [[1, 32], [32, 64], [64, 64], [64, 128], [128, 128]]
     assert weights.startswith("untrained")
+
+
+def test_a_cached_baseline_of_other_widths_is_refused_in_one_line(tmp_path) -> None:
+    import pytest
+    import torch
+
+    from bench.transfer_fmnist import vgg_small
+    from bench.vs_pruning import fmnist_baseline, parse
+
+    torch.save(vgg_small().state_dict(), tmp_path / "fmnist_baseline.pt")
+    args = parse(["--only", "fmnist", "--widths", "32,64,128", "--work", str(tmp_path)])
+    with pytest.raises(SystemExit, match="other widths"):
+        fmnist_baseline(args, {})
