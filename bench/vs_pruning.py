@@ -306,8 +306,9 @@ def fmnist_baseline(args: argparse.Namespace, data: dict[str, Any]) -> nn.Module
     path = Path(args.work) / "fmnist_baseline.pt"
     model = vgg_small(args.widths)
     if path.is_file():
+        state = torch.load(path, weights_only=True)  # a damaged file says so itself, not as a widths mismatch
         try:
-            model.load_state_dict(torch.load(path, weights_only=True))
+            model.load_state_dict(state)
         except RuntimeError:
             raise SystemExit(f"the baseline at {path} has other widths than --widths {args.widths}: "
                              "give each width its own --work directory") from None
